@@ -1,0 +1,1 @@
+"""The real local stack: servers started natively from package registries."""
