@@ -17,6 +17,9 @@ def _register() -> None:
         ("connect", "ConnectService"),
         ("elasticsearch", "ElasticsearchService"),
         ("embeddings", "EmbeddingsService"),
+        ("objectstore", "ObjectStoreService"),
+        ("mariadb", "MariaDBService"),
+        ("vault", "VaultService"),
     ]:
         try:
             m = importlib.import_module(f"cdcstream.stack.services.{mod}")

