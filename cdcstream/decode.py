@@ -108,7 +108,7 @@ def _time_ns(value: Any, schema: Mapping[str, Any]) -> dt.time | None:
 
 
 def _zoned_time(value: Any, schema: Mapping[str, Any]) -> str | None:
-    return value  # "HH:MM:SS.ffffff+ZZ": no Python type holds a time with an offset and no date exactly
+    return None if value is None else str(value)  # "HH:MM:SS.ffffff+ZZ": no Python type holds a time with an offset and no date exactly
 
 
 def _json(value: Any, schema: Mapping[str, Any]) -> Any:
@@ -265,7 +265,7 @@ def decode(
         raise DecodeError("value payload is not a JSON object")
     op_raw = payload.get("op")
     try:
-        op = Op(op_raw)
+        op = Op(str(op_raw))
     except ValueError as e:
         raise DecodeError(f"unknown op {op_raw!r}; expected one of c, u, d, r, t, m") from e
     if op is Op.MESSAGE:

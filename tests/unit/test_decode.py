@@ -24,7 +24,7 @@ def test_every_postgres_fixture_decodes(name: str) -> None:
     if name == "all_events_raw":
         pytest.skip("jsonl bundle")
     ev = dec("postgres", name)
-    k, v, _ = raw("postgres", name)
+    _, v, _ = raw("postgres", name)
     assert (ev is None) == (v is None)
 
 
