@@ -287,8 +287,9 @@ def decode(
         table = TableId(str(source.get("name", "")), db, str(source.get("schema") or db), str(source.get("table", "")))
 
     before_raw, after_raw = payload.get("before"), payload.get("after")
-    before = convert_struct(before_raw, _field_schema(vschema, "before")) if before_raw is not None else None
-    after = convert_struct(after_raw, _field_schema(vschema, "after")) if after_raw is not None else None
+    before_schema, after_schema = _field_schema(vschema, "before"), _field_schema(vschema, "after")
+    before = convert_struct(before_raw, before_schema) if before_raw is not None else None
+    after = convert_struct(after_raw, after_schema) if after_raw is not None else None
     unavailable: frozenset[str] = frozenset()
     if after is not None and after_raw is not None:
         unavailable = _strip_unavailable(after, after_raw)
@@ -320,4 +321,5 @@ def decode(
         origin=origin,
         unavailable=unavailable,
         tx_id=str(tx["id"]) if isinstance(tx, dict) and tx.get("id") is not None else None,
+        row_schema=dict(after_schema or before_schema) or None,
     )

@@ -139,6 +139,9 @@ class ChangeEvent:
     # ``after`` as a placeholder in the raw event, removed from ``after`` by the decoder.
     unavailable: frozenset[str] = frozenset()
     tx_id: str | None = None
+    # The Connect schema of the row struct (``after``, else ``before``): fields with their
+    # types and logical names; the Elasticsearch mapping is derived from it.
+    row_schema: dict[str, Any] | None = None
 
     @property
     def row(self) -> dict[str, Any] | None:

@@ -55,7 +55,7 @@ def http_get(url: str, timeout: float = 2.0, headers: Mapping[str, str] | None =
     """GET returning (status, body); (0, b"") when nothing answers."""
     req = urllib.request.Request(url, headers=dict(headers or {}))
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback URLs only
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -69,7 +69,7 @@ def http_json(url: str, method: str = "GET", body: Any = None, timeout: float = 
     hdrs = {"Content-Type": "application/json", **(headers or {})}
     req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback URLs only
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
             return resp.status, json.loads(raw) if raw else None
     except urllib.error.HTTPError as e:
@@ -78,15 +78,18 @@ def http_json(url: str, method: str = "GET", body: Any = None, timeout: float = 
             return e.code, json.loads(raw)
         except ValueError:
             return e.code, raw.decode(errors="replace")
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        return 0, str(e)
 
 
 def run(cmd: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None, env: Mapping[str, str] | None = None,
         user: str | None = None, timeout: float = 3600, what: str = "") -> str:
     """Run a setup command; on failure raise StackError quoting its output's tail."""
     full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run(  # noqa: S603 - commands are built by the project, not from input
+    proc = subprocess.run(
         [str(c) for c in cmd], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
         user=user if user and os.geteuid() == 0 else None,
+        group=primary_group(user) if user and os.geteuid() == 0 else None,
     )
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
@@ -104,6 +107,10 @@ def ensure_service_user() -> str | None:
         run(["useradd", "--system", "--create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
             what="creating the service user")
     return SERVICE_USER
+
+
+def primary_group(user: str | None) -> int | None:
+    return None if user is None else pwd.getpwnam(user).pw_gid
 
 
 def chown_tree(path: Path, user: str | None) -> None:

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from cdcstream.stack.base import Service, StackError, StackPaths, chown_tree, port_in_use, tail
+from cdcstream.stack.base import Service, StackError, StackPaths, chown_tree, port_in_use, primary_group, tail
 from cdcstream.stack.services import SERVICES
 
 
@@ -147,9 +147,10 @@ class Stack:
         with svc.log.open("ab") as out:
             out.write(f"\n--- cdcstream stack: starting {svc.name} {svc.version} at {time.ctime()}\n".encode())
             out.flush()
-            proc = subprocess.Popen(  # noqa: S603 - project-built command line
+            proc = subprocess.Popen(
                 svc.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, **svc.env()}, cwd=svc.data, start_new_session=True, user=user,
+                group=primary_group(user), extra_groups=[] if user else None,
             )
         svc.pidfile.write_text(str(proc.pid))
         deadline = time.monotonic() + svc.start_timeout

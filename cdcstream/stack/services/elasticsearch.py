@@ -1,4 +1,48 @@
-"""Elasticsearch from Elastic's test distribution on Maven Central (PROBE RESULTS FOLLOW)."""
+"""Elasticsearch 8.19 from Elastic's test distribution on Maven Central, run as an unprivileged user.
+
+Artifact: ``org.elasticsearch.distribution.integ-test-zip:elasticsearch:8.19.21:zip`` (107 MB zip,
+119 MB unpacked). 8.19.21 is the newest version Maven Central lists (no 9.x is published there),
+runs on Java 17 and matches the Python client 8. The zip has no bundled JDK: ``ES_JAVA_HOME`` is
+set from ``java_home()``.
+
+What the distribution holds (probed on 8.19.21, Java 17, security off unless said):
+
+- ``modules/``: apm, transport-netty4, x-pack-core, x-pack-security. ``plugins/`` is empty, and
+  ``org.elasticsearch.plugin:analysis-common`` / ``lang-painless`` are not on Maven Central.
+- Works: create/delete index, mappings (text, keyword, numbers, date_nanos, ip, binary, object,
+  nested, flattened, geo_point, completion, sparse_vector); dense_vector with index true (default
+  ``int8_hnsw``; hnsw, int4_hnsw, bbq_hnsw, flat, byte/bit elements, cosine/dot_product/l2_norm/
+  max_inner_product all accepted); the ``knn`` option of ``_search`` (with ``filter``,
+  ``rescore_vector``), the ``knn`` query, the ``knn`` and ``standard`` retrievers, query + knn
+  hybrid by score sum; ``_bulk`` (incl. ``version_type=external``: stale versions give 409,
+  deletes too, and a delete leaves a tombstone for ``index.gc_deletes``), ``if_seq_no``;
+  ``_update`` with a partial doc and ``doc_as_upsert``; ``_mget``, ``_count``, ``_msearch``,
+  ``_explain``; scroll; point-in-time + ``search_after``; aliases (incl. ``is_write_index`` and
+  filtered); highlight; collapse; rescore; match/multi_match/term/query_string/function_score;
+  aggregations terms/cardinality/histogram/composite; ``_source`` excludes; index templates;
+  ``_cat``, ``_tasks``, ``_refresh``, ``refresh=wait_for``; analyzers standard, simple,
+  whitespace, keyword, stop and filters lowercase, stop, shingle.
+- Lacks (no module): ``GET /`` and ``HEAD /`` (rest-root: answer 405, so the Python client's
+  ``info()`` raises and ``ping()`` returns False; use ``cluster.health()``); analysis-common (the
+  english/snowball/pattern/fingerprint analyzers, html_strip, asciifolding, stemmer, snowball,
+  synonym filters, ngram/edge_ngram tokenizers); painless (script_score, ``_update`` with a
+  script, runtime fields); reindex (``_reindex``, ``_delete_by_query``, ``_update_by_query``, and
+  so the synonyms API); mapper-extras (scaled_float, search_as_you_type, token_count,
+  rank_feature, match_only_text); x-pack field types (wildcard, constant_keyword,
+  unsigned_long, version, histogram, aggregate_metric_double, counted_keyword, geo_shape,
+  semantic_text); parent-join, percolator; the ``rrf`` retriever; the aggregations module
+  (adjacency_matrix...); lang-mustache search templates; ingest-common processors; data streams;
+  ILM; SQL; ES|QL; inference endpoints. Snapshots need ``path.repo`` (not set).
+- Security can be enabled (``SecureElasticsearchService``): basic auth against the file realm
+  (a user made with ``elasticsearch-users``) works, anonymous and wrong passwords get 401. API
+  keys, native users and roles do NOT: the ``.security`` index's mapping needs the
+  ``pattern_capture`` filter from analysis-common, so they fail with "Unknown filter type
+  [pattern_capture]" (and the node logs that warning).
+
+Of the download switches only ``xpack.ml.enabled`` exists (x-pack-core) and is set false;
+``ingest.geoip.downloader.enabled`` is unknown here (no ingest-geoip module, nothing to
+download) and passing it would stop the node from starting.
+"""
 
 from __future__ import annotations
 
@@ -56,7 +100,7 @@ def _extract(archive: Path, dest: Path) -> None:
             executable = (entry.external_attr >> 16) & stat.S_IXUSR
             target.chmod(0o755 if executable else 0o644)
     for root, _dirs, _files in os.walk(dest):
-        os.chmod(root, 0o755)
+        os.chmod(root, 0o755)  # noqa: S103 - the server runs as another user and must read its home
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -144,6 +188,8 @@ class ElasticsearchService(Service):
             "discovery.type": "single-node",
             # Dev disks are often 90 % full; the default watermarks would make every index read-only.
             "cluster.routing.allocation.disk.threshold_enabled": False,
+            # x-pack-core knows this setting though the ML module is absent; off, in case it ever appears.
+            "xpack.ml.enabled": False,
             "xpack.security.enabled": self.secure,
         }
         if self.secure:
@@ -212,13 +258,14 @@ class ElasticsearchService(Service):
 class SecureElasticsearchService(ElasticsearchService):
     """A second node with security on: file-realm basic auth and API keys, plain HTTP, on 9201/9301.
 
-    Same artifacts, its own data, config and users. Not registered in ``services/__init__.py``;
-    bring it up with ``Stack`` after adding ``("elasticsearch", "SecureElasticsearchService")``
-    there, or directly::
+    Same artifacts, its own data, config and file-realm user (created in ``prepare``). API keys
+    do not work in this distribution (see the module docstring). Not registered in
+    ``services/__init__.py``; until it is, register it for one process::
 
-        SECURE = SecureElasticsearchService(StackPaths())
+        SERVICES["elasticsearch-secure"] = SecureElasticsearchService
+        Stack(only=["elasticsearch-secure"]).up()   # .down() the same way
 
-    Clients log in with ``basic_auth=(SECURE_USER, SECURE_PASSWORD)`` (see ``info()``).
+    Clients log in with ``basic_auth=(SECURE_USER, SECURE_PASSWORD)`` (also in ``info()``).
     """
 
     name = "elasticsearch-secure"

@@ -1,0 +1,1 @@
+"""Where change events end up: the Elasticsearch mirror and the object-store archive."""

@@ -1,0 +1,123 @@
+"""Rows -> Elasticsearch documents, and Debezium schemas -> Elasticsearch mappings.
+
+Designed for the minimal Elasticsearch node (no mapper-extras: no ``scaled_float``):
+exact decimals are a ``keyword`` (the exact text) with a ``double`` sub-field ``.num``
+for range queries and sorting.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from cdcstream.events import ChangeEvent
+
+# Metadata kept on every mirrored document (verification, debugging, freshness).
+META = "_cdc"
+
+_DATE_TYPES = {
+    "io.debezium.time.Date", "org.apache.kafka.connect.data.Date",
+    "io.debezium.time.Timestamp", "io.debezium.time.MicroTimestamp", "io.debezium.time.NanoTimestamp",
+    "org.apache.kafka.connect.data.Timestamp", "io.debezium.time.ZonedTimestamp",
+}
+_KEYWORD_TYPES = {
+    "io.debezium.data.Enum", "io.debezium.data.EnumSet", "io.debezium.data.Uuid", "io.debezium.time.Time",
+    "io.debezium.time.MicroTime", "io.debezium.time.NanoTime", "io.debezium.time.ZonedTime",
+    "org.apache.kafka.connect.data.Time", "io.debezium.time.Interval",
+}
+_DECIMAL_TYPES = {"org.apache.kafka.connect.data.Decimal", "io.debezium.data.VariableScaleDecimal"}
+
+
+def field_mapping(schema: dict[str, Any], text: bool = False) -> dict[str, Any]:
+    """The mapping of one Connect field."""
+    name = schema.get("name")
+    typ = schema.get("type")
+    if text:
+        return {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}}
+    if name in _DECIMAL_TYPES:
+        return {"type": "keyword", "fields": {"num": {"type": "double", "ignore_malformed": True}}}
+    if name in _DATE_TYPES:
+        return {"type": "date", "format": "strict_date_optional_time_nanos||strict_date_optional_time||epoch_millis"}
+    if name in _KEYWORD_TYPES:
+        return {"type": "keyword"}
+    if name == "io.debezium.data.Json":
+        # Arbitrary JSON would make the mapping grow without bound and conflict between rows:
+        # keep it in _source, not indexed.
+        return {"type": "object", "enabled": False}
+    if name == "io.debezium.data.geometry.Point":
+        return {"type": "geo_point"}
+    if name and name.startswith("io.debezium.data.geometry"):
+        return {"type": "object", "enabled": False}
+    if name == "io.debezium.time.MicroDuration":
+        return {"type": "long"}
+    if typ in ("int8", "int16", "int32", "int64"):
+        return {"type": "long"}
+    if typ in ("float32", "float64"):
+        return {"type": "double"}
+    if typ == "boolean":
+        return {"type": "boolean"}
+    if typ == "bytes":
+        return {"type": "binary"}
+    if typ == "string":
+        return {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}}
+    if typ == "struct":
+        return {"type": "object", "properties": {f["field"]: field_mapping(f) for f in schema.get("fields", ())}}
+    return {"type": "object", "enabled": False}
+
+
+def row_mapping(row_schema: dict[str, Any], text_columns: tuple[str, ...] = ()) -> dict[str, Any]:
+    props = {f["field"]: field_mapping(f, text=f["field"] in text_columns) for f in row_schema.get("fields", ())}
+    props[META] = {"properties": {
+        "op": {"type": "keyword"}, "version": {"type": "long"}, "position": {"type": "keyword"},
+        "ts_source": {"type": "date", "format": "epoch_millis"}, "table": {"type": "keyword"},
+        "key": {"type": "keyword"},
+    }}
+    return {"dynamic": False, "properties": props}
+
+
+def jsonable(v: Any, schema: dict[str, Any] | None = None) -> Any:
+    """A decoded value as JSON for Elasticsearch and the archive (exact: decimals as text)."""
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return v
+    if isinstance(v, Decimal):
+        return str(v)
+    if isinstance(v, dt.datetime):
+        return v.isoformat()
+    if isinstance(v, (dt.date, dt.time)):
+        return v.isoformat()
+    if isinstance(v, bytes):
+        return base64.b64encode(v).decode()
+    if isinstance(v, dict):
+        if schema is not None and schema.get("name") == "io.debezium.data.geometry.Point" and "x" in v:
+            return {"lat": v["y"], "lon": v["x"]}
+        return {k: jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    return str(v)
+
+
+def row_document(ev: ChangeEvent, row: dict[str, Any]) -> dict[str, Any]:
+    fields = {f["field"]: f for f in (ev.row_schema or {}).get("fields", ())}
+    doc = {k: jsonable(v, fields.get(k)) for k, v in row.items()}
+    doc[META] = {"op": ev.op.value, "version": ev.position.version, "position": ev.position.text,
+                 "ts_source": ev.ts_source_ms, "table": str(ev.table), "key": ev.doc_id}
+    return doc
+
+
+def change_record(ev: ChangeEvent) -> dict[str, Any]:
+    """The whole change event as one archive line."""
+    out: dict[str, Any] = {
+        "table": str(ev.table), "op": ev.op.value, "key": jsonable(ev.key),
+        "before": jsonable(ev.before), "after": jsonable(ev.after),
+        "position": {"version": ev.position.version, "text": ev.position.text},
+        "snapshot": ev.snapshot.value, "ts_source_ms": ev.ts_source_ms, "ts_event_ms": ev.ts_event_ms,
+    }
+    if ev.origin is not None:
+        out["kafka"] = {"topic": ev.origin.topic, "partition": ev.origin.partition, "offset": ev.origin.offset}
+    if ev.unavailable:
+        out["unavailable"] = sorted(ev.unavailable)
+    if ev.tx_id is not None:
+        out["tx"] = ev.tx_id
+    return out

@@ -1,0 +1,179 @@
+"""The Elasticsearch mirror: one index per table, read through an alias.
+
+Every write is a full index or a delete with ``version_type=external`` and the event's
+``SourcePosition.version``, so replays and reordering never overwrite newer data: an
+older write is answered 409 by Elasticsearch and counted as a no-op.
+
+Uses core APIs only (bulk, mget, aliases, search, scroll): the minimal node has no
+delete_by_query, reindex or scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from elasticsearch import ApiError, AsyncElasticsearch, ConnectionError, NotFoundError, TransportError
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = {429, 502, 503, 504}
+
+
+@dataclass(slots=True)
+class IndexOp:
+    action: Literal["index", "delete"]
+    index: str  # alias
+    id: str
+    version: int
+    doc: dict[str, Any] | None = None
+    # Opaque handle the caller uses to route a failure (e.g. the event for the DLQ).
+    ref: Any = None
+
+
+@dataclass
+class BulkResult:
+    indexed: int = 0
+    deleted: int = 0
+    not_found: int = 0
+    conflicts: int = 0  # stale writes: a newer version is already there (no-op)
+    failed: list[tuple[IndexOp, str]] = field(default_factory=list)  # permanent per-item errors
+    requests: int = 0
+    retries: int = 0
+
+
+def physical(alias: str, generation: int = 1) -> str:
+    return f"{alias}-{generation:06d}"
+
+
+class EsMirror:
+    def __init__(self, client: AsyncElasticsearch, *, max_backoff: float = 10.0, request_timeout: float = 30.0,
+                 retry_for: float | None = None) -> None:
+        self.es = client
+        self.max_backoff = max_backoff
+        self.request_timeout = request_timeout
+        # How long to keep retrying a failing cluster before raising; None = forever (the agent
+        # then simply stops consuming: backpressure, not memory growth).
+        self.retry_for = retry_for
+        self._known: dict[str, set[str]] = {}  # alias -> mapped top-level fields
+
+    # --- indices ---------------------------------------------------------------------
+    async def ensure_index(self, alias: str, mapping: dict[str, Any], settings: dict[str, Any] | None = None) -> None:
+        """Create the index behind ``alias`` on first use; add new fields (DDL) to its mapping."""
+        props = set(mapping.get("properties", {}))
+        known = self._known.get(alias)
+        if known is not None and props <= known:
+            return
+        exists = await self._retrying(lambda: self.es.indices.exists_alias(name=alias))
+        if not exists:
+            body_settings = {"number_of_shards": 1, "number_of_replicas": 0, **(settings or {})}
+            try:
+                await self._retrying(lambda: self.es.indices.create(
+                    index=physical(alias), mappings=mapping, settings=body_settings,
+                    aliases={alias: {"is_write_index": True}}))
+            except ApiError as e:
+                if e.meta.status != 400 or "resource_already_exists" not in str(e):
+                    raise
+        elif known is None or not props <= known:
+            await self._retrying(lambda: self.es.indices.put_mapping(index=alias, properties=mapping["properties"]))
+        self._known[alias] = props | (known or set())
+
+    async def swap(self, alias: str, mapping: dict[str, Any], settings: dict[str, Any] | None = None) -> str:
+        """Point ``alias`` at a fresh, empty index (truncate, incompatible mapping change); drop the old one."""
+        resp = await self.es.indices.get_alias(name=alias)
+        old = sorted(resp.body)
+        gen = max((int(n.rsplit("-", 1)[1]) for n in old if n.rsplit("-", 1)[-1].isdigit()), default=0) + 1
+        new = physical(alias, gen)
+        await self.es.indices.create(index=new, mappings=mapping,
+                                     settings={"number_of_shards": 1, "number_of_replicas": 0, **(settings or {})})
+        actions: list[dict[str, Any]] = [{"remove": {"index": o, "alias": alias}} for o in old]
+        actions.append({"add": {"index": new, "alias": alias, "is_write_index": True}})
+        await self.es.indices.update_aliases(actions=actions)
+        for o in old:
+            await self.es.indices.delete(index=o)
+        self._known[alias] = set(mapping.get("properties", {}))
+        return new
+
+    # --- writes ----------------------------------------------------------------------
+    async def apply(self, ops: list[IndexOp]) -> BulkResult:
+        """Write ``ops`` durably (retrying retryable failures); report per-item outcomes."""
+        result = BulkResult()
+        pending = list(ops)
+        backoff = 0.2
+        started = time.monotonic()
+        while pending:
+            body: list[dict[str, Any]] = []
+            for op in pending:
+                meta = {"_index": op.index, "_id": op.id, "version": op.version, "version_type": "external"}
+                body.append({op.action: meta})
+                if op.action == "index":
+                    body.append(op.doc or {})
+            try:
+                result.requests += 1
+                resp = await self.es.options(request_timeout=self.request_timeout).bulk(operations=body)
+            except (ConnectionError, TransportError, ApiError) as e:
+                status = getattr(getattr(e, "meta", None), "status", 0) or 0
+                if isinstance(e, ApiError) and status not in RETRYABLE:
+                    raise
+                backoff = await self._wait(backoff, started, f"bulk of {len(pending)} failed: {type(e).__name__}")
+                result.retries += 1
+                continue
+            retry: list[IndexOp] = []
+            for op, item in zip(pending, resp["items"], strict=True):
+                r = item.get(op.action, {})
+                st = r.get("status", 0)
+                if 200 <= st < 300:
+                    if op.action == "index":
+                        result.indexed += 1
+                    else:
+                        result.deleted += 1
+                elif st == 404 and op.action == "delete":
+                    result.not_found += 1
+                elif st == 409:
+                    result.conflicts += 1
+                elif st in RETRYABLE:
+                    retry.append(op)
+                else:
+                    err = r.get("error", {})
+                    result.failed.append((op, f"{err.get('type', st)}: {err.get('reason', '')}"[:1000]))
+            if retry:
+                backoff = await self._wait(backoff, started, f"{len(retry)} bulk items rejected (429/5xx)")
+                result.retries += 1
+            pending = retry
+        return result
+
+    async def _wait(self, backoff: float, started: float, why: str) -> float:
+        if self.retry_for is not None and time.monotonic() - started > self.retry_for:
+            raise TimeoutError(f"Elasticsearch: {why}; gave up after {self.retry_for:.0f}s")
+        log.warning("Elasticsearch: %s; retrying in %.1fs", why, backoff)
+        await asyncio.sleep(backoff * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
+        return min(backoff * 2, self.max_backoff)
+
+    async def _retrying(self, call: Any) -> Any:
+        backoff, started = 0.2, time.monotonic()
+        while True:
+            try:
+                return await call()
+            except (ConnectionError, TransportError) as e:
+                backoff = await self._wait(backoff, started, f"{type(e).__name__}")
+            except ApiError as e:
+                if e.meta.status not in RETRYABLE:
+                    raise
+                backoff = await self._wait(backoff, started, f"HTTP {e.meta.status}")
+
+    # --- reads -----------------------------------------------------------------------
+    async def get_many(self, index: str, ids: Iterable[str],
+                       source: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        wanted = list(ids)
+        if not wanted:
+            return {}
+        try:
+            resp = await self._retrying(lambda: self.es.mget(index=index, ids=wanted, source=source or True))
+        except NotFoundError:
+            return {}
+        return {d["_id"]: d.get("_source", {}) for d in resp["docs"] if d.get("found")}
