@@ -73,22 +73,308 @@ def stack_status(as_json: bool, only: tuple[str, ...]) -> None:
     sys.exit(0 if all(s.state == "running" for s in states) else 1)
 
 
-# --- demo ----------------------------------------------------------------------
+# --- shared -------------------------------------------------------------------------
+def _settings(**overrides: Any) -> Any:
+    from cdcstream.settings import Settings
+
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _config(path: str | None) -> Any:
+    from cdcstream.config import ConfigError, load_config
+
+    s = _settings()
+    try:
+        return load_config(path or s.config)
+    except ConfigError as e:
+        click.echo(str(e), err=True)
+        sys.exit(2)
+
+
+def _client() -> Any:
+    from cdcstream.kconnect import ConnectClient
+
+    return ConnectClient(_settings().connect_url)
+
+
+def _fail(e: Exception) -> None:
+    click.echo(f"error: {e}", err=True)
+    sys.exit(1)
+
+
+config_option = click.option("--config", "config_path", default=None, help="Config file (default cdcstream.yaml).")
+
+
+# --- connectors ----------------------------------------------------------------------
+@main.group()
+def connectors() -> None:
+    """Declare, apply and operate Debezium connectors through Kafka Connect."""
+
+
+@connectors.command("plan")
+@config_option
+def connectors_plan(config_path: str | None) -> None:
+    """Show desired vs actual connector configs (secrets masked) and preflight findings."""
+    from cdcstream.kconnect import ConnectError
+    from cdcstream.lifecycle import plan_connector, resolve_credentials
+    from cdcstream.secrets import Resolver, SecretError
+
+    cfg, client, s = _config(config_path), _client(), _settings()
+    errors = 0
+    try:
+        for spec in cfg.connectors:
+            p = plan_connector(spec, client, resolve_credentials(spec, Resolver()), s.kafka_bootstrap)
+            click.echo(f"connector {spec.name}: {p.action}")
+            for line in p.diff():
+                click.echo(line)
+            if p.added_tables:
+                click.echo(f"  tables added (their existing rows are snapshotted): {', '.join(p.added_tables)}")
+            for f in p.findings:
+                click.echo(f"  {f}")
+                errors += f.level == "error"
+    except (ConnectError, SecretError) as e:
+        _fail(e)
+    sys.exit(1 if errors else 0)
+
+
+@connectors.command("apply")
+@config_option
+def connectors_apply(config_path: str | None) -> None:
+    """Create or update connectors; a second apply sends nothing to Connect."""
+    from cdcstream.kconnect import ConnectError
+    from cdcstream.lifecycle import PreflightError, apply
+    from cdcstream.secrets import Resolver, SecretError
+
+    cfg, client, s = _config(config_path), _client(), _settings()
+    try:
+        res = apply(cfg, client, Resolver(), s.kafka_bootstrap, log_fn=click.echo)
+    except (ConnectError, PreflightError, SecretError) as e:
+        _fail(e)
+    if not res.actions:
+        click.echo("nothing to do: every connector is up to date")
+
+
+@connectors.command("list")
+def connectors_list() -> None:
+    """Connectors known to Kafka Connect, with their state."""
+    for name, st in sorted(_client().list_with_status().items()):
+        tasks = ", ".join(f"{t['id']}:{t['state']}" for t in st.tasks)
+        click.echo(f"{name:<30} {st.state:<10} tasks [{tasks}]")
+
+
+@connectors.command("status")
+@click.argument("name", required=False)
+@config_option
+def connectors_status(name: str | None, config_path: str | None) -> None:
+    """State, tasks, last error and (PostgreSQL) replication slot lag."""
+    from cdcstream.kconnect import ConnectError
+    from cdcstream.lifecycle import pg_slot, resolve_credentials
+    from cdcstream.secrets import Resolver
+
+    cfg, client = _config(config_path), _client()
+    specs = [cfg.connector(name)] if name else list(cfg.connectors)
+    for spec in specs:
+        try:
+            st = client.status(spec.name)
+        except ConnectError as e:
+            click.echo(f"{spec.name}: {'not created' if e.status == 404 else e}")
+            continue
+        click.echo(f"{spec.name}: {st.state} on {st.worker}")
+        for t in st.tasks:
+            click.echo(f"  task {t['id']}: {t['state']}")
+            if t.get("trace"):
+                click.echo("    " + t["trace"].splitlines()[0])
+        if spec.connection.kind == "postgres":
+            slot = pg_slot(spec, resolve_credentials(spec, Resolver()))
+            if slot:
+                click.echo(f"  slot {slot['slot']}: active={slot['active']} lag_bytes={slot['lag_bytes']}")
+
+
+def _simple(action: str) -> Any:
+    @connectors.command(action)
+    @click.argument("name")
+    @click.option("--only-failed", is_flag=True, help="restart: only failed connector/tasks.")
+    @click.option("--no-tasks", is_flag=True, help="restart: the connector only, not its tasks.")
+    def cmd(name: str, only_failed: bool = False, no_tasks: bool = False) -> None:
+        from cdcstream.kconnect import ConnectError
+
+        c = _client()
+        try:
+            if action == "restart":
+                c.restart(name, include_tasks=not no_tasks, only_failed=only_failed)
+            else:
+                getattr(c, action)(name)
+        except ConnectError as e:
+            _fail(e)
+        click.echo(f"{action}: {name}")
+
+    cmd.__doc__ = f"{action.capitalize()} a connector."
+    return cmd
+
+
+for _a in ("pause", "resume", "stop", "restart"):
+    _simple(_a)
+
+
+@connectors.command("delete")
+@click.argument("name")
+@click.option("--drop-slot", is_flag=True, help="Also reset offsets, drop the replication slot and publication.")
+@config_option
+def connectors_delete(name: str, drop_slot: bool, config_path: str | None) -> None:
+    """Delete a connector; with --drop-slot: stop, reset offsets, delete, drop slot and publication."""
+    import time as _t
+
+    from cdcstream.kconnect import ConnectError
+    from cdcstream.lifecycle import drop_slot_and_publication, resolve_credentials
+    from cdcstream.secrets import Resolver
+
+    c = _client()
+    try:
+        if drop_slot:
+            cfg = _config(config_path)
+            spec = cfg.connector(name)
+            if c.get_config(name) is not None:
+                c.stop(name)
+                c.wait_state(name, ("STOPPED",), tasks=False, timeout=60)
+                # Offsets outlive a delete: a re-created connector would resume from the dropped slot.
+                c.reset_offsets(name)
+                click.echo(f"{name}: stopped, offsets reset")
+                c.delete(name)
+                click.echo(f"{name}: deleted")
+            for line in drop_slot_and_publication(spec, resolve_credentials(spec, Resolver())):
+                click.echo(line)
+            _t.sleep(0)
+        else:
+            c.delete(name)
+            click.echo(f"{name}: deleted (the replication slot stays; --drop-slot removes it)")
+    except (ConnectError, KeyError, RuntimeError) as e:
+        _fail(e)
+
+
+@connectors.command("snapshot")
+@click.argument("name")
+@click.argument("table")
+@click.option("--filter", "filter_sql", default=None, help="SQL condition: only matching rows are re-emitted.")
+@config_option
+def connectors_snapshot(name: str, table: str, filter_sql: str | None, config_path: str | None) -> None:
+    """Incremental snapshot of TABLE through Debezium's signal table."""
+    from cdcstream.lifecycle import resolve_credentials, signal_snapshot
+    from cdcstream.secrets import Resolver
+
+    spec = _config(config_path).connector(name)
+    if table not in {t.name for t in spec.tables}:
+        _fail(KeyError(f"table {table} is not captured by {name}"))
+    sid = signal_snapshot(spec, resolve_credentials(spec, Resolver()), [table],
+                          {table: filter_sql} if filter_sql else None)
+    click.echo(f"snapshot signal {sid} sent for {table}")
+
+
+# --- topics --------------------------------------------------------------------------
+@main.group()
+def topics() -> None:
+    """The project's own Kafka topics, defined in code."""
+
+
+@topics.command("plan")
+@config_option
+def topics_plan(config_path: str | None) -> None:
+    """Check internal and captured topics against their definition."""
+    import asyncio
+
+    from cdcstream import topics as t
+
+    res = asyncio.run(t.check(_settings(), _config(config_path)))
+    bad = 0
+    for c in res:
+        state = "ok" if c.exists and not c.problems else ("absent" if not c.exists else "MISMATCH")
+        if not c.exists and c.spec.external:
+            state = "not yet created by Debezium"
+        click.echo(f"{state:<28} {c.spec.describe()}")
+        for p in c.problems:
+            click.echo(f"    {p}")
+        bad += bool(c.problems)
+    sys.exit(1 if bad else 0)
+
+
+@topics.command("apply")
+def topics_apply() -> None:
+    """Create missing internal topics."""
+    import asyncio
+
+    from cdcstream import topics as t
+
+    made = asyncio.run(t.apply(_settings()))
+    click.echo("created: " + ", ".join(made) if made else "nothing to create")
+
+
+# --- worker --------------------------------------------------------------------------
 @main.command()
-def demo() -> None:
-    """The main job on a local machine: the stack is up; show where to look."""
+@click.option("--loglevel", default="warn", type=click.Choice(["debug", "info", "warn", "error"]))
+def worker(loglevel: str) -> None:
+    """Run the Faust worker (restarted by this supervisor when the captured topics change)."""
+    from cdcstream.worker import supervise
+
+    sys.exit(supervise([loglevel]))
+
+
+# --- settings ------------------------------------------------------------------------
+@main.command("settings")
+@click.option("--markdown", is_flag=True, help="The settings reference as Markdown.")
+def settings_cmd(markdown: bool) -> None:
+    """Show the worker settings (secrets as references)."""
+    from cdcstream.settings import settings_markdown
+
+    if markdown:
+        click.echo(settings_markdown(), nl=False)
+        return
+    for k, v in _settings().model_dump().items():
+        click.echo(f"{k} = {v}")
+
+
+# --- demo ----------------------------------------------------------------------------
+@main.command()
+@click.option("--no-worker", is_flag=True, help="Seed and apply only; do not run the worker.")
+def demo(no_worker: bool) -> None:
+    """The main job on a local machine: seed the demo database, apply its connector, run the worker."""
+    import os
+    from pathlib import Path
+
+    from cdcstream import demo as d
     from cdcstream.stack.manager import Stack
 
-    states = Stack().status()
-    _print_table(states)
-    down = [s.name for s in states if s.state != "running"]
+    states = {s.name: s for s in Stack().status()}
+    down = [n for n, s in states.items() if s.state != "running"]
     if down:
         click.echo(f"not running: {', '.join(down)}; run `cdcstream stack up`", err=True)
         sys.exit(1)
+    d.seed(states["postgres"].info)
+    obj = states["objectstore"].info
+    env = {
+        "DEMO_PG_PASSWORD": d.DEMO_PASSWORD,
+        "CDCSTREAM_CONFIG": str(Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"),
+        "CDCSTREAM_ARCHIVE_URL": f"s3://{obj['bucket']}/demo?endpoint={obj['endpoint']}",
+        "CDCSTREAM_ARCHIVE_ACCESS_KEY": "env:DEMO_S3_ACCESS_KEY",
+        "CDCSTREAM_ARCHIVE_SECRET_KEY": "env:DEMO_S3_SECRET_KEY",
+        "DEMO_S3_ACCESS_KEY": obj["access_key"],
+        "DEMO_S3_SECRET_KEY": obj["secret_key"],
+    }
+    os.environ.update(env)
+    from cdcstream.lifecycle import apply
+    from cdcstream.secrets import Resolver
+
+    s = _settings()
+    apply(_config(None), _client(), Resolver(), s.kafka_bootstrap, log_fn=click.echo)
     click.echo("\nWhere to look:")
-    for s in states:
-        click.echo(f"  {s.name:<14} {s.url}")
-    click.echo("  logs           .stack/logs/<service>.log")
+    click.echo(f"  status page     http://{s.web_host}:{s.web_port}/status")
+    click.echo(f"  tables (JSON)   http://{s.web_host}:{s.web_port}/api/tables")
+    click.echo(f"  Elasticsearch   {s.es_http_url}/demo-pg-public-*/_search")
+    click.echo(f"  archive         {env['CDCSTREAM_ARCHIVE_URL']}")
+    click.echo("  logs            .stack/logs/<service>.log")
+    if no_worker:
+        return
+    from cdcstream.worker import supervise
+
+    sys.exit(supervise(["warn"]))
 
 
 if __name__ == "__main__":

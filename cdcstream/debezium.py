@@ -75,6 +75,11 @@ def _re(name: str) -> str:
     return re.escape(name)
 
 
+def include_pattern(table: str) -> str:
+    """How ``table`` appears in ``table.include.list``."""
+    return _re(table)
+
+
 def captured_tables(spec: ConnectorSpec) -> list[str]:
     """Every table Debezium captures: the configured ones, the signal table and the heartbeat table."""
     return [t.name for t in spec.tables] + [signal_table(spec), heartbeat_table(spec)]

@@ -108,7 +108,8 @@ def _time_ns(value: Any, schema: Mapping[str, Any]) -> dt.time | None:
 
 
 def _zoned_time(value: Any, schema: Mapping[str, Any]) -> str | None:
-    return None if value is None else str(value)  # "HH:MM:SS.ffffff+ZZ": no Python type holds a time with an offset and no date exactly
+    # "HH:MM:SS.ffffff+ZZ": no Python type holds a time with an offset and no date exactly.
+    return None if value is None else str(value)
 
 
 def _json(value: Any, schema: Mapping[str, Any]) -> Any:

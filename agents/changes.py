@@ -1,0 +1,162 @@
+"""The data path: one agent over every captured topic, processing batches.
+
+Offsets are committed only for durable events: ``take_events`` acks a batch after this
+body returns, and the body returns only after the batch's Elasticsearch writes and
+archive objects are stored. Events waiting in the archive buffer (objects are cut at
+record-determined boundaries, so possibly several batches later) are held with an extra
+reference on their message and acked when their object is written.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import faust
+
+from cdcstream.decode import DecodeError, decode
+from cdcstream.events import ChangeEvent, KafkaOrigin
+
+if TYPE_CHECKING:
+    from cdcstream.app import Pipeline
+    from cdcstream.branch import Outcome
+
+log = logging.getLogger("cdcstream.changes")
+
+
+def _text(b: bytes | None) -> str | None:
+    if b is None:
+        return None
+    try:
+        return b.decode()
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(b).decode()
+
+
+def register(app: faust.App, pipe: Pipeline) -> None:
+    if not pipe.data_topics:
+        log.warning("no captured topic exists yet; the worker restarts itself when one appears")
+        return
+    topic = app.topic(*pipe.data_topics, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(topic, name="cdcstream.changes")
+    async def changes(stream: Any) -> None:
+        async for batch in stream.take_events(pipe.settings.batch_size, within=pipe.settings.batch_wait_s):
+            await handle_batch(pipe, stream, list(batch))
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        # Held events of revoked partitions are never acked here: their new owner replays
+        # them from the committed offset and cuts the same archive objects.
+        tps = {(tp.topic, tp.partition) for tp in revoked}
+        pipe.buffer.drop_partitions(tps)
+        for tp in tps:
+            pipe.held.pop(tp, None)
+
+
+async def send_dlq(pipe: Pipeline, event: Any, reason: str) -> None:
+    m = event.message
+    await pipe.dlq_topic.send(key=m.key, value={
+        "reason": reason, "topic": m.topic, "partition": m.partition, "offset": m.offset,
+        "timestamp_ms": int((m.timestamp or 0) * 1000), "key": _text(m.key), "value": _text(m.value),
+        "worker": pipe.worker_id,
+    })
+    log.warning("DLQ %s[%d]@%d: %s", m.topic, m.partition, m.offset, reason)
+
+
+async def handle_batch(pipe: Pipeline, stream: Any, batch: list[Any]) -> None:
+    processor = await pipe.ready()
+    decoded: list[ChangeEvent | None] = []
+    dlq: list[tuple[int, str]] = []
+    for i, event in enumerate(batch):
+        m = event.message
+        try:
+            decoded.append(decode(m.key, m.value, origin=KafkaOrigin(m.topic, m.partition, m.offset),
+                                  tables=pipe.router.topics))
+        except DecodeError as e:
+            decoded.append(None)
+            dlq.append((i, f"decode: {e}"))
+    try:
+        out = await processor.process(decoded, pipe.profile_of, pipe.get_state)
+    except Exception as e:  # noqa: BLE001 - isolate the poison event instead of crash-looping
+        log.warning("batch of %d failed (%s: %s); retrying event by event", len(batch), type(e).__name__, e)
+        out = await _one_by_one(pipe, decoded, dlq)
+    else:
+        dlq += out.dlq
+    apply_outcome(pipe, stream, batch, out)
+    for i, reason in dlq:
+        await send_dlq(pipe, batch[i], reason)
+        ev = decoded[i]
+        part = batch[i].message.partition
+        key = f"{ev.table.key if ev else batch[i].message.topic}|{part}"
+        stream._set_current_event(batch[i])
+        cur = pipe.tables.stats.get(key) or {}
+        pipe.tables.stats[key] = {**cur, "dlq": int(cur.get("dlq", 0)) + 1}
+    for i in out.held:
+        batch[i].message.incref()
+        m = batch[i].message
+        pipe.held[(m.topic, m.partition)].append(batch[i])
+    for obj in out.flushed:
+        q = pipe.held.get((obj.topic, obj.partition))
+        while q and q[0].message.offset <= obj.last_offset:
+            await stream.ack(q.popleft())
+    for alias in out.truncated:
+        await truncate(pipe, alias)
+    stream._set_current_event(None)
+    pipe.batches += 1
+
+
+def apply_outcome(pipe: Pipeline, stream: Any, batch: list[Any], out: Outcome) -> None:
+    # Faust routes a table write to the changelog partition of the current event: set it to
+    # the event that produced the state (private API, pinned by tests/unit/test_faust_seams.py).
+    for rk, (state, i) in out.states.items():
+        stream._set_current_event(batch[i])
+        pipe.tables.rows[rk] = state.dump()
+    pipe.record_stats(stream, batch, out)
+
+
+async def _one_by_one(pipe: Pipeline, decoded: list[ChangeEvent | None], dlq: list[tuple[int, str]]) -> Outcome:
+    from cdcstream.branch import Outcome
+
+    assert pipe.processor is not None
+    total = Outcome()
+    for i, ev in enumerate(decoded):
+        if ev is None:
+            continue
+        single: list[ChangeEvent | None] = [None] * len(decoded)
+        single[i] = ev
+        try:
+            o = await pipe.processor.process(single, pipe.profile_of, pipe.get_state)
+        except Exception as e:  # noqa: BLE001
+            dlq.append((i, f"process: {type(e).__name__}: {e}"))
+            log.debug("%s", traceback.format_exc())
+            continue
+        total.states.update(o.states)
+        for k, v in o.stats.items():
+            for n, c in v.items():
+                total.stats[k][n] += c
+        total.last_event_ms.update(o.last_event_ms)
+        total.held += o.held
+        total.flushed += o.flushed
+        total.truncated += o.truncated
+        dlq += o.dlq
+    return total
+
+
+async def truncate(pipe: Pipeline, alias: str) -> None:
+    """TRUNCATE: point the table's aliases at fresh empty indices (no delete_by_query here)."""
+    assert pipe.es is not None and pipe.mirror is not None
+    for a in (alias, f"{alias}-chunks"):
+        if not await pipe.es.indices.exists_alias(name=a):
+            continue
+        mapping = await pipe.es.indices.get_mapping(index=a)
+        body = next(iter(mapping.body.values()))["mappings"]
+        await pipe.mirror.swap(a, body)
+        log.warning("truncate: %s now points at an empty index", a)
+
+
+def dumps(v: Any) -> str:
+    return json.dumps(v, default=str)

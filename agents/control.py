@@ -1,0 +1,95 @@
+"""The control path: profile changes through a 1-partition topic into the profiles GlobalTable.
+
+A profile change is applied by whichever worker owns the control partition; every worker
+sees it through the GlobalTable's changelog and reports the highest version it has
+applied in its heartbeat (``workers`` table). ``request_profile`` returns once every live
+worker reports the new version, so events consumed after that take the new branch.
+
+Leaving a profile: ``full -> index_only`` drops the table's chunks (the chunks alias is
+pointed at an empty index); ``-> archive`` keeps the row index unless ``drop_index`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import faust
+
+from cdcstream.config import ProcessingProfile
+
+if TYPE_CHECKING:
+    from cdcstream.app import Pipeline
+
+log = logging.getLogger("cdcstream.control")
+
+HEARTBEAT_S = 1.0
+LIVE_WITHIN_S = 8.0
+
+
+def register(app: faust.App, pipe: Pipeline) -> None:
+    @app.agent(pipe.control_topic, name="cdcstream.control")
+    async def control(stream: faust.StreamT[Any]) -> None:
+        async for cmd in stream:
+            if not isinstance(cmd, dict) or cmd.get("type") != "set_profile":
+                log.warning("control: ignoring unknown command %r", cmd)
+                continue
+            table, profile, version = cmd["table"], ProcessingProfile(cmd["profile"]), int(cmd["version"])
+            old = pipe.tables.profiles.get(table)
+            old_profile = ProcessingProfile(old["profile"]) if old else _default(pipe, table)
+            pipe.tables.profiles[table] = {"profile": profile.value, "version": version,
+                                           "changed_ms": int(time.time() * 1000), "from": old_profile.value}
+            await _leave(pipe, table, old_profile, profile, bool(cmd.get("drop_index")))
+            log.warning("profile of %s: %s -> %s (version %d)", table, old_profile.value, profile.value, version)
+
+    @app.timer(HEARTBEAT_S)  # type: ignore[untyped-decorator]
+    async def heartbeat() -> None:
+        pipe.tables.workers[pipe.worker_id] = {"applied": pipe.applied_profile_version(), "ts": time.time(),
+                                               "batches": pipe.batches}
+
+
+def _default(pipe: Pipeline, table_key: str) -> ProcessingProfile:
+    r = pipe.router.by_key.get(table_key)
+    return r.table.profile if r else ProcessingProfile.INDEX_ONLY
+
+
+async def _leave(pipe: Pipeline, table_key: str, old: ProcessingProfile, new: ProcessingProfile,
+                 drop_index: bool) -> None:
+    route = pipe.router.by_key.get(table_key)
+    if route is None or old is new:
+        return
+    await pipe.ready()
+    if pipe.es is None or pipe.mirror is None:
+        return
+    drop = []
+    if old is ProcessingProfile.FULL:
+        drop.append(route.chunks_alias)
+    if new is ProcessingProfile.ARCHIVE and drop_index:
+        drop.append(route.alias)
+    for alias in drop:
+        if await pipe.es.indices.exists_alias(name=alias):
+            resp = await pipe.es.indices.get_alias(name=alias)
+            for idx in resp.body:
+                await pipe.es.indices.delete(index=idx)
+            pipe.mirror._known.pop(alias, None)
+            log.warning("profile change: dropped %s", alias)
+
+
+async def request_profile(pipe: Pipeline, table_key: str, profile: ProcessingProfile, *, drop_index: bool = False,
+                          timeout: float = 60.0) -> dict[str, Any]:
+    """Send a profile change and wait until every live worker applied it."""
+    version = time.time_ns()
+    await pipe.control_topic.send(key=table_key.encode(), value={
+        "type": "set_profile", "table": table_key, "profile": profile.value, "version": version,
+        "drop_index": drop_index})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = time.time()
+        live = {w: v for w, v in pipe.tables.workers.items() if v and now - float(v.get("ts", 0)) < LIVE_WITHIN_S}
+        if live and all(int(v.get("applied", 0)) >= version for v in live.values()):
+            return {"table": table_key, "profile": profile.value, "version": version, "workers": sorted(live)}
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"profile change of {table_key} to {profile.value} not applied by every live worker "
+                       f"within {timeout:.0f}s")

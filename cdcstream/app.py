@@ -1,0 +1,173 @@
+"""The Faust application: settings + config -> app with tables, agents and web views."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections import defaultdict, deque
+from typing import Any
+
+import faust
+from elasticsearch import AsyncElasticsearch
+from openai import AsyncOpenAI
+
+from cdcstream.branch import BatchProcessor, merge_counters
+from cdcstream.chunking import Chunker
+from cdcstream.config import Config, ProcessingProfile
+from cdcstream.embeddings import Embedder
+from cdcstream.events import ChangeEvent
+from cdcstream.route import Router, RowState
+from cdcstream.secrets import Resolver, SecretRef
+from cdcstream.settings import Settings
+from cdcstream.sinks.archive import ArchiveBuffer, ArchiveStore, open_store
+from cdcstream.sinks.elasticsearch import EsMirror
+from cdcstream.tokens import get_encoding
+from tables import Tables
+from tables import register as register_tables
+
+log = logging.getLogger("cdcstream")
+
+#: Exit code asking the supervisor (`cdcstream worker`) to start the worker again, e.g.
+#: after `apply` added a table whose topic must be subscribed.
+EXIT_RESTART = 75
+
+
+class Pipeline:
+    """Everything the agents share, built once per worker process."""
+
+    def __init__(self, app: faust.App, settings: Settings, config: Config, tables: Tables,
+                 resolver: Resolver | None = None) -> None:
+        self.app = app
+        self.settings = settings
+        self.config = config
+        self.tables = tables
+        self.router = Router(config)
+        self.resolver = resolver or Resolver()
+        self.worker_id = f"{socket.gethostname()}:{settings.web_port}:{os.getpid()}"
+        self.data_topics: list[str] = []
+        self.processor: BatchProcessor | None = None
+        self.es: AsyncElasticsearch | None = None
+        self.mirror: EsMirror | None = None
+        self.archive: ArchiveStore | None = None
+        self.embedder: Embedder | None = None
+        self._ready = asyncio.Lock()
+        self.held: dict[tuple[str, int], deque[Any]] = defaultdict(deque)
+        self.buffer = ArchiveBuffer(settings.archive_max_records, settings.archive_max_bytes)
+        self.control_topic = app.topic(f"{settings.app_id}-control", partitions=1, internal=True,
+                                       value_serializer="json", key_serializer="raw")
+        self.dlq_topic = app.topic(f"{settings.app_id}-dlq", partitions=1, internal=True,
+                                   value_serializer="json", key_serializer="raw")
+        self.batches = 0
+
+    def secret(self, ref: Any) -> str | None:
+        if ref is None:
+            return None
+        assert isinstance(ref, SecretRef)
+        return self.resolver.resolve(ref).get_secret_value()
+
+    async def ready(self) -> BatchProcessor:
+        """Build the sink clients on first use, inside the running loop."""
+        if self.processor is not None:
+            return self.processor
+        async with self._ready:
+            if self.processor is not None:
+                return self.processor
+            s = self.settings
+            loop = asyncio.get_running_loop()
+            if s.es_http_url:
+                user = await loop.run_in_executor(None, self.secret, s.elasticsearch_user)
+                pw = await loop.run_in_executor(None, self.secret, s.elasticsearch_password)
+                api_key = await loop.run_in_executor(None, self.secret, s.elasticsearch_api_key)
+                kw: dict[str, Any] = {}
+                if user and pw:
+                    kw["basic_auth"] = (user, pw)
+                if api_key:
+                    kw["api_key"] = api_key
+                if s.elasticsearch_ca:
+                    kw["ca_certs"] = str(s.elasticsearch_ca)
+                self.es = AsyncElasticsearch(s.es_http_url, request_timeout=30, **kw)
+                self.mirror = EsMirror(self.es)
+            if s.archive_url:
+                ak = await loop.run_in_executor(None, self.secret, s.archive_access_key)
+                sk = await loop.run_in_executor(None, self.secret, s.archive_secret_key)
+                self.archive = open_store(s.archive_url, ak, sk)
+            chunker = None
+            if s.embed_base_url:
+                key = await loop.run_in_executor(None, self.secret, s.embed_api_key) or "unused"
+                client = AsyncOpenAI(base_url=s.embed_base_url, api_key=key, max_retries=0, timeout=120)
+                self.embedder = Embedder(client, s.embed_model, dimensions=s.embed_dimensions,
+                                         max_input_tokens=s.embed_max_input_tokens, concurrency=s.embed_concurrency,
+                                         tokens_per_minute=s.embed_tokens_per_minute,
+                                         send_dimensions=s.embed_send_dimensions)
+                chunker = Chunker(get_encoding(s.chunk_encoding), s.effective_chunk_tokens, s.chunk_overlap)
+            self.processor = BatchProcessor(self.router, self.mirror, self.archive, self.embedder, chunker,
+                                            archive_buffer=self.buffer, embed_dims=s.embed_dimensions)
+            return self.processor
+
+    # --- profiles -------------------------------------------------------------------------
+    def profile_of(self, ev: ChangeEvent) -> ProcessingProfile:
+        live = self.tables.profiles.get(ev.table.key)
+        if live is not None:
+            return ProcessingProfile(live["profile"])
+        return self.router.default_profile(ev.table)
+
+    def applied_profile_version(self) -> int:
+        return max((int(v.get("version", 0)) for v in self.tables.profiles.values() if v), default=0)
+
+    # --- state ----------------------------------------------------------------------------
+    def get_state(self, rk: str) -> RowState | None:
+        return RowState.load(self.tables.rows.get(rk))
+
+    def record_stats(self, stream: Any, batch: list[Any], out: Any) -> None:
+        now = int(time.time() * 1000)
+        for (tk, part), delta in out.stats.items():
+            key = f"{tk}|{part}"
+            cur = self.tables.stats.get(key) or {}
+            merged = merge_counters(cur, delta)
+            last = out.last_event_ms.get((tk, part))
+            if last:
+                merged["last_event_ms"] = max(int(cur.get("last_event_ms", 0)), last)
+            merged["updated_ms"] = now
+            self.tables.stats[key] = merged
+
+
+def create_app(settings: Settings, config: Config, existing_topics: set[str] | None = None) -> tuple[
+        faust.App, Pipeline]:
+    """Build the app. ``existing_topics`` limits subscription to topics Kafka already has:
+    subscribing to a missing one would let a broker with auto-create make it with the wrong
+    partition count before Debezium does."""
+    s = settings
+    app = faust.App(
+        s.app_id,
+        broker=s.broker,
+        store=s.store,
+        datadir=str(s.data_dir),
+        web_host=s.web_host,
+        web_port=s.web_port,
+        web_enabled=True,
+        topic_partitions=s.partitions,
+        topic_replication_factor=s.replication_factor,
+        key_serializer="raw",
+        value_serializer="json",
+        autodiscover=False,
+        # Two minutes: a first embedding batch on a cold CPU model can take that long.
+        broker_commit_livelock_soft_timeout=120,
+        stream_wait_empty=False,
+        producer_max_request_size=16 * 1024 * 1024,
+        consumer_max_fetch_size=16 * 1024 * 1024,
+    )
+    tables = register_tables(app, s.partitions)
+    pipe = Pipeline(app, s, config, tables)
+    wanted = sorted(config.topic_map())
+    pipe.data_topics = [t for t in wanted if existing_topics is None or t in existing_topics]
+
+    from agents import register as register_agents
+
+    register_agents(app, pipe)
+    from cdcstream.web import register as register_web
+
+    register_web(app, pipe)
+    return app, pipe
