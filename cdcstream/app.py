@@ -102,7 +102,7 @@ class Pipeline:
                                          max_input_tokens=s.embed_max_input_tokens, concurrency=s.embed_concurrency,
                                          tokens_per_minute=s.embed_tokens_per_minute,
                                          send_dimensions=s.embed_send_dimensions)
-                chunker = Chunker(get_encoding(s.chunk_encoding), s.effective_chunk_tokens, s.chunk_overlap)
+                chunker = Chunker(get_encoding(s.chunk_encoding), s.effective_chunk_tokens, s.effective_chunk_overlap)
             self.processor = BatchProcessor(self.router, self.mirror, self.archive, self.embedder, chunker,
                                             archive_buffer=self.buffer, embed_dims=s.embed_dimensions)
             return self.processor

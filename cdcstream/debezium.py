@@ -126,7 +126,7 @@ def build(spec: ConnectorSpec, *, user: str, password: str, kafka_bootstrap: str
             "slot.name": slot_name(spec),
             "publication.name": publication_name(spec),
             "publication.autocreate.mode": "disabled",
-            "signal.data.collection": f"{spec.connection.database}.{signal_table(spec)}",
+            "signal.data.collection": signal_table(spec),  # <schema>.<table> for PostgreSQL
             "heartbeat.action.query": (
                 # Identifiers were validated by the config model (letters, digits, _ and $).
                 f"INSERT INTO {heartbeat_table(spec)} (id, ts) VALUES (1, now()) "  # noqa: S608

@@ -241,6 +241,14 @@ def position_of(source: Mapping[str, Any], snapshot: SnapshotMarker) -> SourcePo
     in_snapshot = snapshot.in_snapshot
     if source.get("lsn") is not None:
         return SourcePosition.postgres(int(source["lsn"]), in_snapshot)
+    if source.get("connector") == "postgresql" and source.get("sequence"):
+        # Incremental-snapshot rows carry no lsn, only sequence = [last commit LSN, LSN] of the
+        # streaming position when the chunk was read: changes committed later win over them.
+        try:
+            seq = json.loads(source["sequence"])
+            return SourcePosition.postgres(int(seq[-1]), in_snapshot)
+        except (ValueError, TypeError, IndexError) as e:
+            raise DecodeError(f"source.sequence {source['sequence']!r} is not [commit LSN, LSN]") from e
     if source.get("file") is not None:
         return SourcePosition.binlog(str(source["file"]), int(source.get("pos") or 0), int(source.get("row") or 0),
                                      in_snapshot)

@@ -75,8 +75,9 @@ class ConnectClient:
                 continue
             if method != "GET":
                 self.writes += 1
-            # 409: the worker group is rebalancing; Connect asks to retry.
-            if resp.status_code == 409 and attempt < self.retries:
+            # 409, or 500 "...rebalance is expected": the worker group is rebalancing; retry.
+            rebalancing = resp.status_code == 409 or (resp.status_code == 500 and "rebalance" in resp.text)
+            if rebalancing and attempt < self.retries:
                 time.sleep(delay)
                 delay = min(delay * 2, 5)
                 continue

@@ -312,6 +312,49 @@ def signal_snapshot(spec: ConnectorSpec, creds: Credentials, tables: list[str],
     return sid
 
 
+def _row_count(spec: ConnectorSpec, creds: Credentials, table: str) -> int:
+    schema, name = table.split(".")
+    if spec.connection.kind == "postgres":
+        from psycopg import sql
+
+        with _pg(spec, creds) as conn:
+            return int(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name))
+                                    ).fetchone()[0])
+    with _my(spec, creds) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT COUNT(*) FROM `{schema}`.`{name}`")  # noqa: S608 - validated names
+        return int(cur.fetchone()[0])
+
+
+def snapshot_added_tables(client: ConnectClient, spec: ConnectorSpec, creds: Credentials, tables: list[str],
+                          settle_s: float = 6.0, confirm_s: float = 45.0, attempts: int = 3) -> str:
+    """Snapshot tables just added to a running connector, and make sure it really started.
+
+    A PUT of the config restarts the task; a signal read by the old task just before it stops
+    is lost with it (the new task then ignores the orphaned snapshot windows). So: wait for
+    the restarted task to settle, signal, and confirm by the table's topic appearing; resend
+    if it does not. Empty tables need no snapshot.
+    """
+    import time
+
+    pending = [t for t in tables if _row_count(spec, creds, t) > 0]
+    if not pending:
+        return "none (tables empty)"
+    sid = ""
+    for _ in range(attempts):
+        client.wait_state(spec.name, timeout=120)
+        time.sleep(settle_s)
+        sid = signal_snapshot(spec, creds, pending)
+        deadline = time.monotonic() + confirm_s
+        while time.monotonic() < deadline:
+            produced = set(client.topics(spec.name))
+            if all(f"{spec.prefix}.{t}" in produced for t in pending):
+                return sid
+            time.sleep(1.0)
+        log.warning("incremental snapshot %s of %s not started yet; signalling again", sid, pending)
+    raise RuntimeError(f"incremental snapshot of {', '.join(pending)} did not start after {attempts} signals; "
+                       f"check `cdcstream connectors status {spec.name}` and the Connect log")
+
+
 @dataclass
 class ApplyResult:
     plans: list[ConnectorPlan]
@@ -343,8 +386,7 @@ def apply(config: Config, client: ConnectClient, resolver: Resolver, kafka_boots
         client.put_config(spec.name, p.desired)
         actions.append(f"{p.action}d connector {spec.name}")
         if p.added_tables:
-            client.wait_state(spec.name, timeout=120)
-            sid = signal_snapshot(spec, creds, p.added_tables)
+            sid = snapshot_added_tables(client, spec, creds, p.added_tables)
             actions.append(f"incremental snapshot {sid} of {', '.join(p.added_tables)} (existing rows)")
     for a in actions:
         log_fn(a)

@@ -118,6 +118,10 @@ class Settings(BaseSettings):
         return min(self.chunk_tokens, int(self.embed_max_input_tokens * 0.6))
 
     @property
+    def effective_chunk_overlap(self) -> int:
+        return min(self.chunk_overlap, self.effective_chunk_tokens // 4)
+
+    @property
     def kafka_bootstrap(self) -> str:
         return ",".join(h.removeprefix("kafka://") for h in self.broker.split(";"))
 

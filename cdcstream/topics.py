@@ -60,7 +60,7 @@ async def check(settings: Settings, config: Config | None = None) -> list[TopicC
         configs: dict[str, dict[str, str]] = {}
         internal_present = [s.name for s in specs if s.name in existing and not s.external]
         if internal_present:
-            from aiokafka.admin import ConfigResource, ConfigResourceType
+            from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
             res = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in internal_present])
             for r in res:

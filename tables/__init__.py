@@ -30,14 +30,22 @@ class Tables:
     workers: GlobalTableT
 
 
+# Not "memory://": yarl's URL("memory://") is falsy, and Faust then silently falls back to
+# the app's store (rocksdb). Any host part makes it truthy; the memory store ignores it.
+MEMORY = "memory://global"
+
+
 def register(app: faust.App, partitions: int) -> Tables:
     rows = app.Table("rows", default=None, partitions=partitions, help="Per-row state")
     # partitions=1 + recovery_buffer_size=1: the upstream workaround for GlobalTable recovery
     # loops with several workers (faust-streaming#212).
-    profiles = app.GlobalTable("profiles", default=None, partitions=1, recovery_buffer_size=1,
+    # The small global tables live in memory, rebuilt from their changelog at start: the
+    # RocksDB store files every write under the current event's partition, which a
+    # key-partitioned table written from timers does not have.
+    profiles = app.GlobalTable("profiles", default=None, partitions=1, recovery_buffer_size=1, store=MEMORY,
                                help="Live processing profile per table")
     stats = app.GlobalTable("stats", default=None, partitions=1, recovery_buffer_size=1, use_partitioner=True,
-                            help="Counters per (table, partition)")
+                            store=MEMORY, help="Counters per (table, partition)")
     workers = app.GlobalTable("workers", default=None, partitions=1, recovery_buffer_size=1, use_partitioner=True,
-                              help="Live workers and the profile version each applied")
+                              store=MEMORY, help="Live workers and the profile version each applied")
     return Tables(rows, profiles, stats, workers)

@@ -1,0 +1,223 @@
+"""A real pipeline for end-to-end tests: its own source database, connector, topics, indices and worker.
+
+Everything carries a per-test tag, so runs never see each other's data, and is removed
+afterwards (connector, slot, publication, topics, indices, database).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import requests
+from psycopg import sql
+
+from cdcstream.config import load_config
+from cdcstream.kconnect import ConnectClient
+from cdcstream.lifecycle import apply, drop_slot_and_publication, resolve_credentials
+from cdcstream.secrets import Resolver
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCHEMA = """
+CREATE TABLE public.articles (id INT PRIMARY KEY, title TEXT NOT NULL, body TEXT NOT NULL,
+                              category TEXT NOT NULL DEFAULT 'general');
+CREATE TABLE public.orders (id INT PRIMARY KEY, customer TEXT NOT NULL, amount NUMERIC(12,2) NOT NULL,
+                            status TEXT NOT NULL DEFAULT 'new', ordered_at TIMESTAMP NOT NULL DEFAULT now());
+CREATE TABLE public.audit_log (id BIGINT PRIMARY KEY, actor TEXT NOT NULL, action TEXT NOT NULL);
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Pipeline:
+    tag: str
+    tmp: Path
+    pg: dict[str, Any]
+    es_url: str
+    embed: dict[str, Any]
+    role: str = ""
+    password: str = ""
+    db: str = ""
+    config_path: Path = Path()
+    archive_dir: Path = Path()
+    web_port: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    worker: subprocess.Popen[bytes] | None = None
+    extra_tables: list[str] = field(default_factory=list)
+
+    @property
+    def connector(self) -> str:
+        return f"e2e-{self.tag}"
+
+    def alias(self, table: str) -> str:
+        return f"{self.connector}-public-{table.replace('_', '-')}"
+
+    def topic(self, table: str) -> str:
+        return f"{self.connector}.public.{table}"
+
+    # --- source --------------------------------------------------------------------
+    def sql(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with psycopg.connect(host=self.pg["host"], port=self.pg["port"], user=self.role, password=self.password,
+                             dbname=self.db, autocommit=True) as conn:
+            cur = conn.execute(statement, params)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+
+    def write_config(self, tables: list[dict[str, Any]]) -> None:
+        cfg = {"connectors": [{
+            "name": self.connector,
+            "connection": {"kind": "postgres", "host": "127.0.0.1", "port": self.pg["port"], "database": self.db,
+                           "user": self.role, "password": f"env:E2E_PG_PASSWORD_{self.tag}",
+                           "tls": {"mode": "disable"}},
+            "partitions": 2, "heartbeat_interval_ms": 1000,
+            "tables": tables,
+        }]}
+        # JSON is YAML: the loader reads it like a hand-written file.
+        self.config_path.write_text(json.dumps(cfg, indent=2))
+
+    def apply(self) -> list[str]:
+        os.environ[f"E2E_PG_PASSWORD_{self.tag}"] = self.password
+        return apply(load_config(self.config_path), ConnectClient(), Resolver(), "127.0.0.1:9092",
+                     log_fn=lambda _m: None).actions
+
+    # --- worker --------------------------------------------------------------------
+    def start_worker(self) -> None:
+        log = (self.tmp / "worker.log").open("ab")
+        # The supervisor, as in production: it restarts the worker when captured topics appear.
+        self.worker = subprocess.Popen([sys.executable, "-m", "cdcstream.cli", "worker"], env=self.env,
+                                       stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+
+    def kill_worker(self, sig: int = signal.SIGKILL) -> None:
+        if self.worker and self.worker.poll() is None:
+            os.killpg(self.worker.pid, sig)
+            self.worker.wait(60)
+
+    def worker_log(self) -> str:
+        p = self.tmp / "worker.log"
+        return p.read_text(errors="replace")[-6000:] if p.exists() else ""
+
+    def api(self, path: str) -> Any:
+        return requests.get(f"http://127.0.0.1:{self.web_port}{path}", timeout=5).json()
+
+    # --- mirror --------------------------------------------------------------------
+    def es(self, method: str, path: str, body: Any = None) -> Any:
+        r = requests.request(method, f"{self.es_url}{path}", json=body, timeout=30)
+        return r.json() if r.content else None
+
+    def docs(self, table: str, chunks: bool = False) -> dict[str, dict[str, Any]]:
+        alias = self.alias(table) + ("-chunks" if chunks else "")
+        self.es("POST", f"/{alias}/_refresh")
+        r = self.es("POST", f"/{alias}/_search", {"size": 1000, "query": {"match_all": {}}})
+        if "hits" not in r:
+            return {}
+        return {h["_id"]: h["_source"] for h in r["hits"]["hits"]}
+
+    def wait(self, what: str, check: Callable[[], bool], timeout: float = 120, worker_may_exit: bool = False) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not worker_may_exit and self.worker is not None and self.worker.poll() is not None:
+                raise AssertionError(f"worker exited ({self.worker.returncode}) while waiting for {what}:\n"
+                                     f"{self.worker_log()}")
+            with contextlib.suppress(Exception):
+                if check():
+                    return
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting for {what}\n--- worker log:\n{self.worker_log()}")
+
+    def embed_stats(self) -> dict[str, int]:
+        return dict(requests.get(self.embed["stats_url"], timeout=5).json())
+
+
+@contextlib.contextmanager
+def pipeline(tmp: Path, pg: dict[str, Any], es: dict[str, Any], embed: dict[str, Any],
+             tables: list[dict[str, Any]]) -> Iterator[Pipeline]:
+    tag = uuid.uuid4().hex[:8]
+    p = Pipeline(tag, tmp, pg, es["url"].rstrip("/"), embed, role=f"e2e_{tag}", password=uuid.uuid4().hex,
+                 db=f"e2e_{tag}")
+    p.config_path = tmp / "cdcstream.yaml"
+    p.archive_dir = tmp / "archive"
+    p.web_port = free_port()
+    su = {"host": pg["host"], "port": pg["port"], "user": pg["user"], "password": pg["password"]}
+    with psycopg.connect(**su, dbname="postgres", autocommit=True) as c:
+        c.execute(sql.SQL("CREATE ROLE {} LOGIN REPLICATION PASSWORD {}").format(sql.Identifier(p.role),
+                                                                                 sql.Literal(p.password)))
+        c.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(p.db), sql.Identifier(p.role)))
+    p.sql(SCHEMA)
+    p.write_config(tables)
+    p.env = {**os.environ, f"E2E_PG_PASSWORD_{tag}": p.password,
+             "CDCSTREAM_APP_ID": f"e2e-{tag}", "CDCSTREAM_CONFIG": str(p.config_path),
+             "CDCSTREAM_DATA_DIR": str(tmp / "worker"), "CDCSTREAM_WEB_PORT": str(p.web_port),
+             "CDCSTREAM_PARTITIONS": "2", "CDCSTREAM_ARCHIVE_URL": f"file://{p.archive_dir}",
+             "CDCSTREAM_ARCHIVE_MAX_RECORDS": "4", "CDCSTREAM_BATCH_WAIT_S": "0.2",
+             "CDCSTREAM_EMBED_URL": embed["base_url"].replace("http://", "openai://"),
+             "CDCSTREAM_EMBED_MODEL": embed["model"], "CDCSTREAM_EMBED_DIMENSIONS": str(embed["dimensions"]),
+             "CDCSTREAM_CHUNK_TOKENS": "48"}
+    try:
+        yield p
+    finally:
+        p.kill_worker()
+        _cleanup(p, su)
+
+
+def _cleanup(p: Pipeline, su: dict[str, Any]) -> None:
+    client = ConnectClient()
+    with contextlib.suppress(Exception):
+        if client.get_config(p.connector) is not None:
+            client.stop(p.connector)
+            client.wait_state(p.connector, ("STOPPED",), tasks=False, timeout=30)
+            client.delete(p.connector)
+    with contextlib.suppress(Exception):
+        cfg = load_config(p.config_path)
+        spec = cfg.connectors[0]
+        drop_slot_and_publication(spec, resolve_credentials(spec, Resolver()), timeout=30)
+    with contextlib.suppress(Exception):
+        p.es("DELETE", f"/{p.connector}-*")
+    with contextlib.suppress(Exception):
+        _delete_topics(p)
+    with contextlib.suppress(Exception), psycopg.connect(**su, dbname="postgres", autocommit=True) as c:
+        c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(p.db)))
+        c.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(p.role)))
+
+
+def _delete_topics(p: Pipeline) -> None:
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def go() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers="127.0.0.1:9092")
+        await admin.start()
+        try:
+            names = [t for t in await admin.list_topics() if t.startswith((p.connector, f"e2e-{p.tag}"))]
+            if names:
+                await admin.delete_topics(names)
+        finally:
+            await admin.close()
+
+    asyncio.run(go())
+
+
+def archived(p: Pipeline) -> list[dict[str, Any]]:
+    import gzip
+
+    out = []
+    for f in sorted(p.archive_dir.rglob("*.jsonl.gz")):
+        out += [json.loads(line) for line in gzip.decompress(f.read_bytes()).splitlines()]
+    return out
