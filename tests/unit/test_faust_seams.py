@@ -11,7 +11,7 @@ from importlib.metadata import version
 
 import faust
 from faust.streams import Stream
-from faust.types.tuples import Message, TP
+from faust.types.tuples import TP, Message
 
 
 def test_pinned_version() -> None:
