@@ -26,12 +26,18 @@ LONG_BODY = "\n\n".join(
     for i in range(6))
 
 
+def body(p: Pipeline) -> str:
+    return LONG_BODY.replace("The mirror", f"Run {p.tag}: the mirror")
+
+
 @pytest.fixture
 def pipe(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> Iterator[Pipeline]:
     for svc in ("kafka", "connect"):
         require(svc)
     with pipeline(tmp_path, require("postgres"), require("elasticsearch"), require("embeddings"), TABLES) as p:
-        p.sql("INSERT INTO articles VALUES (1, 'Replication slots', %s, 'ops')", (LONG_BODY,))
+        # The tag keeps texts unique per run: the embedding cache would otherwise (rightly) serve
+        # them from an earlier run, and the request counts below would prove nothing.
+        p.sql("INSERT INTO articles VALUES (1, 'Replication slots', %s, 'ops')", (body(p),))
         p.sql("INSERT INTO orders VALUES (1, 'acme', 19.99, 'new', '2024-01-02 03:04:05.123456'),"
               " (2, 'globex', 1234.50, 'paid', '2024-02-03 10:00:00')")
         p.sql("INSERT INTO audit_log VALUES (1, 'alice', 'login'), (2, 'bob', 'logout')")
@@ -75,7 +81,7 @@ def test_snapshot_then_changes_reach_every_sink(pipe: Pipeline) -> None:
     # One-paragraph edit: only the changed chunks are embedded.
     n_chunks = len(p.docs("articles", chunks=True))
     before = p.embed_stats()
-    edited = LONG_BODY.replace("paragraph 3 sentence 5", "paragraph 3 sentence five (edited)")
+    edited = body(p).replace("paragraph 3 sentence 5", "paragraph 3 sentence five (edited)")
     p.sql("UPDATE articles SET body = %s WHERE id = 1", (edited,))
     p.wait("edited chunk", lambda: any("five (edited)" in c["text"] for c in p.docs("articles", chunks=True).values()))
     after = p.embed_stats()

@@ -181,6 +181,10 @@ def test_debezium_postgres_insert_reaches_kafka(require: Callable[[str], dict[st
         "publication.name": source.publication,
         "publication.autocreate.mode": "filtered",
         "table.include.list": "public.items",
+        # The broker does not auto-create topics (a consumer could create one with the wrong
+        # partition count): Connect creates them.
+        "topic.creation.default.partitions": "1",
+        "topic.creation.default.replication.factor": "1",
     }
     resp = connect_rest("POST", f"{rest}/connectors", json={"name": source.connector, "config": config})
     assert resp.status_code == 201, resp.text

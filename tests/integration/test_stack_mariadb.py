@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 def mariadb_info() -> dict[str, Any]:
     (state,) = Stack(only=["mariadb"]).status()
     if state.state != "running":
-        pytest.skip(f"mariadb is {state.state}; start it with `cdcstream stack up`")
+        pytest.fail(f"mariadb is {state.state}; start it with `cdcstream stack up`")
     return state.as_dict()
 
 

@@ -28,7 +28,7 @@ def stack() -> dict[str, dict[str, Any]]:
     states = {s.name: s for s in Stack(only=["mariadb", "kafka", "connect"]).status()}
     down = [f"{n} is {s.state}" for n, s in states.items() if s.state != "running"]
     if down:
-        pytest.skip(f"{', '.join(down)}; start them with `cdcstream stack up`")
+        pytest.fail(f"{', '.join(down)}; start them with `cdcstream stack up`")
     return {n: s.as_dict() for n, s in states.items()}
 
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 def store() -> dict[str, Any]:
     (state,) = Stack(only=["objectstore"]).status()
     if state.state != "running":
-        pytest.skip(f"objectstore is {state.state}; start it with `cdcstream stack up`")
+        pytest.fail(f"objectstore is {state.state}; start it with `cdcstream stack up`")
     return state.as_dict()
 
 

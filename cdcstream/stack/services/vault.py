@@ -1,11 +1,17 @@
 """A HashiCorp Vault dev server, built from source through the Go module proxy.
 
 No package registry ships a Vault server binary, so ``install`` fetches the module's
-source with ``go mod download`` and builds it. v1.14.8 is the newest MPL-2.0 release the
-proxy serves (v1.14.10 is served too but is already BUSL-1.1). The module's go.mod
-replaces its nested api/sdk modules with ``./api`` and ``./sdk``, which the module zip
-does not contain, so those replaces are dropped and the published api/sdk versions it
-requires are used instead.
+source with ``go mod download`` and builds it. The module's go.mod replaces its nested
+api/sdk modules with ``./api`` and ``./sdk``, which the module zip does not contain, so
+those replaces are dropped and the published api/sdk versions it requires are used.
+
+Why 1.14.2: 1.14.x is the last MPL-2.0 line (the proxy's v1.14.10 is already BUSL-1.1).
+No published sdk matches any 1.14.x tree exactly; 1.14.2 is the newest that compiles
+against its required sdk v0.9.2 (1.14.3+ use sdk symbols first published in sdk v0.10.x,
+whose EventSender interface no longer fits 1.14). sdk v0.9.2 rejects, at a backend's
+first request, paths that define a CreateOperation without an ExistenceCheck; two 1.14
+paths do, so ``SOURCE_PATCHES`` drops those handlers as upstream later did (without an
+ExistenceCheck Vault never routes Create to them, so behaviour is unchanged).
 
 Dev mode keeps everything in memory: every start is a fresh Vault, configured again by
 ``post_start``.
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -23,19 +30,30 @@ from typing import Any
 from cdcstream.stack.base import Service, StackError, building, http_get, http_json, run
 
 VAULT_MODULE = "github.com/hashicorp/vault"
-VAULT_VERSION = "1.14.8"
+VAULT_VERSION = "1.14.2"
 ROOT_TOKEN = "root"  # dev server on loopback only
 #: Builtin mounts the project relies on: path -> type.
 SECRET_ENGINES = {"secret/": "kv", "database/": "database"}
 AUTH_METHODS = {"approle/": "approle", "jwt/": "jwt"}
+#: (file, pattern, replacement, expected matches) applied to the copied source before building.
+SOURCE_PATCHES: tuple[tuple[str, str, str, int], ...] = (
+    # Enterprise-only stubs under sys/managed-keys.
+    ("vault/logical_system_helpers.go", r"operations: \[\]logical\.Operation\{logical\.CreateOperation, ",
+     "operations: []logical.Operation{", 2),
+    # transit/cache-config; upstream main has no Create handler there either.
+    ("builtin/logical/transit/path_cache_config.go",
+     r"\n\n\t\t\tlogical\.CreateOperation: &framework\.PathOperation\{\n.*?\n\t\t\t\},\n", "\n", 1),
+)
 
 
-def go_env(cache: Path) -> dict[str, str]:
+def go_env(cache: Path, build_cache: Path) -> dict[str, str]:
     go = cache / "go"
     return {
         "GOPATH": str(go),
         "GOMODCACHE": str(go / "mod"),
-        "GOCACHE": str(go / "build"),
+        # Several GB of compiled packages that only a rebuild of this exact tree would reuse:
+        # they live in the build dir and are dropped with it. Module downloads stay in GOMODCACHE.
+        "GOCACHE": str(build_cache),
         # The machine's Go (1.21+) builds this go-1.20 module; never fetch another toolchain.
         "GOTOOLCHAIN": "local",
         "CGO_ENABLED": "0",
@@ -51,6 +69,16 @@ def _make_writable(root: Path) -> None:
         for n in files:
             p = os.path.join(dirpath, n)
             os.chmod(p, os.stat(p).st_mode | stat.S_IWUSR)
+
+
+def _patch(src: Path) -> None:
+    for rel, pattern, repl, expected in SOURCE_PATCHES:
+        path = src / rel
+        text, n = re.subn(pattern, repl, path.read_text(), flags=re.DOTALL)
+        if n != expected:
+            raise StackError(f"vault: source patch for {rel} matched {n} times, expected {expected}; "
+                             f"revisit SOURCE_PATCHES for Vault {VAULT_VERSION}")
+        path.write_text(text)
 
 
 class VaultService(Service):
@@ -77,12 +105,11 @@ class VaultService(Service):
         go = shutil.which("go")
         if go is None:
             raise StackError("vault: the `go` command is needed to build Vault (Go 1.21 or newer)")
-        env = go_env(self.paths.cache)
-        self.paths.cache.mkdir(parents=True, exist_ok=True)
-        out = run([go, "mod", "download", "-json", f"{VAULT_MODULE}@v{VAULT_VERSION}"], env=env, cwd=self.paths.cache,
-                  what="vault: go mod download")
-        src_dir = Path(json.loads(out)["Dir"])
         with building(self.artifacts) as tmp:
+            env = go_env(self.paths.cache, tmp / "gocache")
+            out = run([go, "mod", "download", "-json", f"{VAULT_MODULE}@v{VAULT_VERSION}"], env=env, cwd=tmp,
+                      what="vault: go mod download")
+            src_dir = Path(json.loads(out)["Dir"])
             src = tmp / "src"
             shutil.copytree(src_dir, src)
             _make_writable(src)
@@ -91,12 +118,14 @@ class VaultService(Service):
             if local:
                 run([go, "mod", "edit", *(f"-dropreplace={p}" for p in local)], cwd=src, env=env,
                     what="vault: go mod edit -dropreplace")
+            _patch(src)
             # As scripts/build.sh does, minus the `ui` tag (no web UI assets in the module zip).
-            run([go, "build", "-tags", "vault", "-trimpath",
-                 "-ldflags", f"-s -w -X {VAULT_MODULE}/version.GitCommit=v{VAULT_VERSION}",
+            run([go, "build", "-tags", "vault", "-trimpath", "-ldflags", "-s -w",
                  "-o", str(tmp / "bin" / "vault"), "."],
                 cwd=src, env=env, timeout=7200, what="vault: go build")
+            # Only the binary is renamed into place.
             shutil.rmtree(src)
+            shutil.rmtree(env["GOCACHE"])
             self.mark_complete(tmp)
 
     def command(self) -> list[str]:

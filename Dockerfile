@@ -1,0 +1,23 @@
+# The cdcstream worker. Untested here (no Docker engine where the project is developed);
+# tests/unit/test_docker_files.py checks it agrees with the native stack.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    CDCSTREAM_WEB_HOST=0.0.0.0 CDCSTREAM_WEB_PORT=6066 CDCSTREAM_DATA_DIR=/var/lib/cdcstream
+
+RUN useradd --system --create-home --uid 10001 cdcstream \
+    && mkdir -p /var/lib/cdcstream && chown cdcstream /var/lib/cdcstream
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY cdcstream ./cdcstream
+COPY agents ./agents
+COPY tables ./tables
+RUN pip install --no-cache-dir .
+
+USER cdcstream
+EXPOSE 6066
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
+  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:6066/api/workers', timeout=2).status == 200 else 1)"
+ENTRYPOINT ["cdcstream"]
+CMD ["worker"]

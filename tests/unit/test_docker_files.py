@@ -1,0 +1,61 @@
+"""docker-compose.yml and the Dockerfile cannot run here (no Docker engine); this keeps them
+naming the same versions, ports and settings as the native stack they stand in for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ruamel.yaml import YAML
+
+from cdcstream.settings import Settings
+from cdcstream.stack.base import StackPaths
+from cdcstream.stack.services import SERVICES
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = YAML(typ="safe").load((ROOT / "docker-compose.yml").read_text())
+    return data["services"]
+
+
+def _host_ports(svc: dict[str, Any]) -> set[int]:
+    return {int(p.split(":")[1]) for p in svc.get("ports", [])}
+
+
+def test_every_native_service_is_in_compose_with_its_ports(compose: dict[str, Any]) -> None:
+    for name, cls in SERVICES.items():
+        assert name in compose, f"{name} missing from docker-compose.yml"
+        assert cls.ports[0] in _host_ports(compose[name]), f"{name}: port {cls.ports[0]} not published"
+
+
+@pytest.mark.parametrize(("name", "needle"), [
+    ("postgres", "postgres:{v}"), ("kafka", "apache/kafka:{v}"), ("elasticsearch", "elasticsearch:{v}"),
+    ("objectstore", "versitygw:{v}"), ("mariadb", "mariadb:{v}"), ("vault", "vault:{v}"),
+])
+def test_image_versions_match_native(compose: dict[str, Any], name: str, needle: str) -> None:
+    version = SERVICES[name].version.split("-")[0]
+    assert needle.format(v=version) in compose[name]["image"]
+
+
+def test_connect_uses_the_debezium_line_and_providers(compose: dict[str, Any]) -> None:
+    assert "3.6.1" in compose["connect"]["image"]
+    env = compose["connect"]["environment"]
+    assert env["CONNECT_CONFIG_PROVIDERS"] == "file,dir,env"
+
+
+def test_settings_that_matter_agree(compose: dict[str, Any]) -> None:
+    assert "wal_level=logical" in compose["postgres"]["command"]
+    assert compose["kafka"]["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert "--binlog-format=ROW" in compose["mariadb"]["command"]
+    info = SERVICES["objectstore"](StackPaths()).info()
+    assert compose["objectstore"]["environment"]["ROOT_ACCESS_KEY"] == info["access_key"]
+
+
+def test_dockerfile_runs_the_worker_unprivileged_with_a_healthcheck() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert "USER cdcstream" in text and "HEALTHCHECK" in text
+    assert f"EXPOSE {Settings().web_port}" in text
