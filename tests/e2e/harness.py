@@ -188,7 +188,10 @@ def _cleanup(p: Pipeline, su: dict[str, Any]) -> None:
         spec = cfg.connectors[0]
         drop_slot_and_publication(spec, resolve_credentials(spec, Resolver()), timeout=30)
     with contextlib.suppress(Exception):
-        p.es("DELETE", f"/{p.connector}-*")
+        # Elasticsearch 8 refuses wildcard deletes (action.destructive_requires_name): name them.
+        names = list(p.es("GET", f"/{p.connector}-*"))
+        if names:
+            p.es("DELETE", "/" + ",".join(names))
     with contextlib.suppress(Exception):
         _delete_topics(p)
     with contextlib.suppress(Exception), psycopg.connect(**su, dbname="postgres", autocommit=True) as c:
