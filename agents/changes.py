@@ -89,9 +89,10 @@ async def handle_batch(pipe: Pipeline, stream: Any, batch: list[Any]) -> None:
     apply_outcome(pipe, stream, batch, out)
     for i, reason in dlq:
         await send_dlq(pipe, batch[i], reason)
-        ev = decoded[i]
-        part = batch[i].message.partition
-        key = f"{ev.table.key if ev else batch[i].message.topic}|{part}"
+        m = batch[i].message
+        # Undecodable records have no ChangeEvent: the topic names their table.
+        tid = pipe.router.topics.get(m.topic)
+        key = f"{tid.key if tid else m.topic}|{m.partition}"
         stream._set_current_event(batch[i])
         cur = pipe.tables.stats.get(key) or {}
         pipe.tables.stats[key] = {**cur, "dlq": int(cur.get("dlq", 0)) + 1}
