@@ -19,6 +19,7 @@ import faust
 
 from cdcstream.decode import DecodeError, decode
 from cdcstream.events import ChangeEvent, KafkaOrigin
+from cdcstream.faults import crash_point
 
 if TYPE_CHECKING:
     from cdcstream.app import Pipeline
@@ -108,6 +109,7 @@ async def handle_batch(pipe: Pipeline, stream: Any, batch: list[Any]) -> None:
         await truncate(pipe, alias)
     stream._set_current_event(None)
     pipe.batches += 1
+    crash_point("after_batch")
 
 
 def apply_outcome(pipe: Pipeline, stream: Any, batch: list[Any], out: Outcome) -> None:

@@ -25,6 +25,7 @@ from cdcstream.chunking import Chunk, Chunker
 from cdcstream.config import ProcessingProfile
 from cdcstream.embeddings import Embedder
 from cdcstream.events import ChangeEvent, Op
+from cdcstream.faults import crash_point
 from cdcstream.route import Route, Router, RowState, is_stale, keep_toast, row_key
 from cdcstream.sinks.archive import ArchiveBuffer, ArchiveObject, ArchiveStore
 from cdcstream.sinks.documents import META, field_mapping, jsonable, row_document, row_mapping
@@ -146,6 +147,7 @@ class BatchProcessor:
         if self.archive is not None:
             for obj in out.flushed:
                 await self.archive.put(obj)
+                crash_point("after_archive_put")
         elif out.flushed:
             raise RuntimeError("archive profile in use but no archive store is configured (set archive_url)")
 
@@ -168,6 +170,7 @@ class BatchProcessor:
                 assert ev_i is not None
                 await self.es.ensure_index(route.chunks_alias, self._chunk_mapping(ev_i, route))
             res = await self.es.apply(index_ops)
+            crash_point("after_bulk")
             failed_events: set[int] = set()
             for op, reason in res.failed:
                 if op.ref not in failed_events:
@@ -257,6 +260,7 @@ class BatchProcessor:
             counts = [wanted[k][0].tokens for k in to_embed]
             before = self.embedder.stats.requests
             vecs = await self.embedder.embed(texts, counts)
+            crash_point("mid_embedding")
             requests = self.embedder.stats.requests - before
             cache_ops = []
             for k, v in zip(to_embed, vecs, strict=True):
