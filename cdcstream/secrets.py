@@ -113,5 +113,15 @@ class Resolver:
             except OSError as e:
                 raise SecretError(f"{ref}: cannot read the file ({e.strerror})") from None
         if self.vault is None:
-            raise SecretError(f"{ref}: no Vault is configured (set vault.addr and vault.auth)")
+            self.vault = default_vault()
+        if self.vault is None:
+            raise SecretError(f"{ref}: no Vault is configured (set CDCSTREAM_VAULT_ADDR and CDCSTREAM_VAULT_AUTH)")
         return SecretStr(self.vault.read(ref.mount, ref.path, ref.key))
+
+
+def default_vault() -> VaultReader | None:
+    """The Vault client the process settings describe (CDCSTREAM_VAULT_*), or None."""
+    from cdcstream.settings import Settings, make_resolver
+
+    r = make_resolver(Settings())
+    return r.vault  # type: ignore[no-any-return]

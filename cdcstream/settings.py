@@ -71,10 +71,32 @@ class Settings(BaseSettings):
     chunk_encoding: str = Field("cl100k_base", description="tiktoken encoding used to count and cut chunks.")
     chunk_tokens: int = Field(200, ge=16, description="Tokens per chunk; capped below embed_max_input_tokens.")
     chunk_overlap: int = Field(24, ge=0, description="Overlap of windows when one paragraph exceeds a chunk.")
+    embed_query_input_type: str | None = Field("query", description="Sent as `input_type` with search-query "
+                                               "embeddings (e5 servers then add the `query: ` prefix themselves); "
+                                               "empty for servers that reject unknown fields.")
+    embed_query_prefix: str = Field("", description="Prepended to search queries before embedding, for e5 models "
+                                                    "behind servers without `input_type` (e.g. `query: `).")
+    embed_price_per_million_tokens: float = Field(0.02, ge=0, description="Embedding price in USD per million "
+                                                  "tokens: the backfill cost estimate of the profile API.")
+
+    # --- Vault --------------------------------------------------------------------------
+    vault_addr: str | None = Field(None, description="Vault address; enables vault: secret references.")
+    vault_auth: str = Field("token", description="Vault auth method: token, approle, jwt or kubernetes.")
+    vault_token_file: Path | None = Field(None, description="File holding a Vault token (auth token; "
+                                                            "else $VAULT_TOKEN).")
+    vault_role_id: str | None = Field(None, description="AppRole role id (auth approle).")
+    vault_secret_id_file: Path | None = Field(None, description="File holding the AppRole secret id.")
+    vault_role: str | None = Field(None, description="Role for jwt/kubernetes auth.")
+    vault_jwt_file: Path | None = Field(None, description="JWT file for jwt auth (kubernetes: the service-account "
+                                                          "token by default).")
+    vault_auth_mount: str | None = Field(None, description="Auth mount path when not the method's default.")
+    vault_ca_bundle: Path | None = Field(None, description="CA bundle for Vault's TLS certificate.")
 
     # --- security -----------------------------------------------------------------------
     api_token: Any = Field(None, description="Secret reference of the bearer token for write endpoints.")
     protect_reads: bool = Field(False, description="Require the token for read endpoints too.")
+    status_sample_s: float = Field(5.0, gt=0, description="Interval of the throughput/lag samples drawn on /status.")
+    status_samples: int = Field(120, ge=2, description="Samples kept per worker for the /status chart.")
 
     @field_validator("elasticsearch_user", "elasticsearch_password", "elasticsearch_api_key", "archive_access_key",
                      "archive_secret_key", "embed_api_key", "api_token", mode="before")
@@ -124,6 +146,25 @@ class Settings(BaseSettings):
     @property
     def kafka_bootstrap(self) -> str:
         return ",".join(h.removeprefix("kafka://") for h in self.broker.split(";"))
+
+
+def make_resolver(settings: Settings) -> Any:
+    """The secret resolver for these settings (Vault only when vault_addr is set)."""
+    import os
+
+    from cdcstream.secrets import Resolver
+    from cdcstream.vault import VaultAuth, VaultClient, VaultSettings
+
+    if not settings.vault_addr:
+        return Resolver()
+    token = os.environ.get("VAULT_TOKEN")
+    auth = VaultAuth(method=settings.vault_auth,  # type: ignore[arg-type]
+                     token=token if settings.vault_auth == "token" and token and not settings.vault_token_file
+                     else None,
+                     token_file=settings.vault_token_file, role_id=settings.vault_role_id,
+                     secret_id_file=settings.vault_secret_id_file, role=settings.vault_role,
+                     jwt_file=settings.vault_jwt_file, mount=settings.vault_auth_mount)
+    return Resolver(VaultClient(VaultSettings(addr=settings.vault_addr, auth=auth, ca_bundle=settings.vault_ca_bundle)))
 
 
 def settings_markdown() -> str:
