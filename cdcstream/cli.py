@@ -377,5 +377,7 @@ def demo(no_worker: bool) -> None:
     sys.exit(supervise(["warn"]))
 
 
+from cdcstream import cli_api; cli_api.register(main)  # noqa: E402, E702, I001 - API commands (cdcstream/cli_api.py)
+
 if __name__ == "__main__":
     main()

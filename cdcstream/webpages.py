@@ -1,0 +1,163 @@
+"""The HTML status page, rendered server-side from the status model.
+
+No JavaScript library, no CDN, no external asset: inline CSS, an inline SVG chart drawn
+here, and a ``<meta http-equiv="refresh">`` for auto-refresh (works with JavaScript off).
+Every value from outside (names, errors, states) goes through ``html.escape``.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Any
+
+REFRESH_S = 5
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.2em;color:#1d2330;background:#fafbfc}
+h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em}
+table{border-collapse:collapse;background:#fff;box-shadow:0 1px 2px #0001}
+th,td{padding:.35em .6em;border-bottom:1px solid #e3e6ea;text-align:right;white-space:nowrap}
+th{background:#f0f2f5;font-weight:600}td.l,th.l{text-align:left}
+.ok{color:#137333;font-weight:600}.bad{color:#b3261e;font-weight:600}.warn{color:#a15c00;font-weight:600}
+.muted{color:#6b7280}.err{color:#b3261e;white-space:normal;max-width:40em;text-align:left;font-size:.9em}
+.bar{display:inline-block;width:70px;height:8px;background:#e3e6ea;vertical-align:middle;margin-right:.3em}
+.bar i{display:block;height:8px;background:#3b82f6}
+svg text{font:11px system-ui,sans-serif;fill:#4b5563}
+"""
+
+
+def _e(v: Any) -> str:
+    return html.escape("" if v is None else str(v))
+
+
+def _n(v: int | float | None) -> str:
+    if v is None:
+        return '<span class="muted">–</span>'
+    if isinstance(v, float):
+        return f"{v:,.1f}"
+    return f"{v:,}"
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return '<span class="muted">never</span>'
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} d"
+
+
+def _state(state: str) -> str:
+    cls = {"RUNNING": "ok", "FAILED": "bad", "UNREACHABLE": "bad", "PAUSED": "warn", "STOPPED": "warn",
+           "NOT_CREATED": "warn", "UNASSIGNED": "warn", "RESTARTING": "warn"}.get(state, "muted")
+    return f'<span class="{cls}">{_e(state)}</span>'
+
+
+def chart_svg(series: list[dict[str, Any]], width: int = 720, height: int = 180) -> str:
+    """Events/s (blue, left axis) and consumer lag (orange, right axis) as one inline SVG."""
+    pad_l, pad_r, pad_t, pad_b = 48, 56, 14, 26
+    w, h = width - pad_l - pad_r, height - pad_t - pad_b
+    pts = [s for s in series if s.get("events_per_s") is not None or s.get("lag") is not None]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="throughput and lag">',
+             f'<rect x="{pad_l}" y="{pad_t}" width="{w}" height="{h}" fill="#fff" stroke="#d1d5db"/>']
+    if len(pts) < 2:
+        parts.append(f'<text x="{pad_l + 10}" y="{pad_t + h / 2}">collecting samples…</text></svg>')
+        return "".join(parts)
+    t0, t1 = pts[0]["ts"], pts[-1]["ts"]
+    span = max(t1 - t0, 1e-6)
+    max_rate = max([s["events_per_s"] or 0.0 for s in pts] + [1.0])
+    max_lag = max([s["lag"] or 0 for s in pts] + [1])
+
+    def x(ts: float) -> float:
+        return float(pad_l + (ts - t0) / span * w)
+
+    def line(key: str, top: float, color: str) -> str:
+        coords = [f"{x(s['ts']):.1f},{pad_t + h - (float(s[key]) / top) * h:.1f}" for s in pts if s[key] is not None]
+        if len(coords) < 2:
+            return ""
+        return f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{" ".join(coords)}"/>'
+
+    for frac in (0.5, 1.0):
+        y = pad_t + h - frac * h
+        parts.append(f'<line x1="{pad_l}" x2="{pad_l + w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eef0f3"/>')
+        parts.append(f'<text x="{pad_l - 4}" y="{y + 4:.1f}" text-anchor="end">{max_rate * frac:,.1f}</text>')
+        parts.append(f'<text x="{pad_l + w + 4}" y="{y + 4:.1f}">{max_lag * frac:,.0f}</text>')
+    parts.append(line("events_per_s", max_rate, "#3b82f6"))
+    parts.append(line("lag", max_lag, "#f59e0b"))
+    parts.append(f'<text x="{pad_l}" y="{height - 8}">−{span / 60:.1f} min</text>')
+    parts.append(f'<text x="{pad_l + w}" y="{height - 8}" text-anchor="end">now</text>')
+    parts.append(f'<text x="{pad_l + w / 2}" y="{height - 8}" text-anchor="middle">'
+                 f'<tspan fill="#3b82f6">■ events/s</tspan>  <tspan fill="#f59e0b">■ consumer lag</tspan></text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _progress(snap: dict[str, Any]) -> str:
+    p = snap.get("progress")
+    read = snap.get("rows_read", 0)
+    if p is None:
+        return f"{_n(read)} read"
+    return (f'<span class="bar"><i style="width:{p * 100:.0f}%"></i></span>{p * 100:.0f}% '
+            f'<span class="muted">({_n(read)} / ≈{_n(snap.get("source_rows"))})</span>')
+
+
+def render_status(snap: dict[str, Any]) -> str:
+    rows = []
+    for t in snap["tables"]:
+        ev = t["events"]
+        rows.append(
+            f'<tr data-table="{_e(t["id"])}"><td class="l">{_e(t["id"])}</td><td class="l">{_e(t["profile"])}</td>'
+            f'<td class="l">{_progress(t["snapshot"])}</td>'
+            + "".join(f"<td>{_n(ev[op])}</td>" for op in ("c", "u", "d", "r", "t"))
+            + f'<td>{_n(t["lag"])}</td><td>{_age(t["last_event_age_s"])}</td>'
+              f'<td>{_n(t["documents"])}</td><td>{_n(t["chunks"])}</td><td>{_n(t["embed_tokens"])}</td>'
+              f'<td>{_n(t["tokens_saved"])}</td>'
+              f'<td class="{"bad" if t["dlq"] else ""}">{_n(t["dlq"])}</td></tr>')
+    conns = []
+    for c in snap["connectors"]:
+        tasks = ", ".join(f'{_e(x["id"])}: {_state(x["state"])}' for x in c["tasks"]) or '<span class="muted">–</span>'
+        slot = c.get("slot")
+        if isinstance(slot, dict) and "lag_bytes" in slot:
+            slot_txt = (f'{_e(slot["slot"])}: {_n(slot["lag_bytes"])} B '
+                        f'{"active" if slot["active"] else "<span class=warn>inactive</span>"}')
+        elif isinstance(slot, dict):
+            slot_txt = f'<span class="bad">{_e(slot.get("error"))}</span>'
+        else:
+            slot_txt = '<span class="muted">–</span>'
+        conns.append(f'<tr data-connector="{_e(c["name"])}"><td class="l">{_e(c["name"])}</td>'
+                     f'<td class="l">{_e(c["kind"])}</td><td class="l">{_state(c["state"])}</td>'
+                     f'<td class="l">{tasks}</td><td class="l">{slot_txt}</td>'
+                     f'<td class="err">{_e(c["error"]) if c["error"] else ""}</td></tr>')
+    workers = " · ".join(f'{_e(w)} {"" if v.get("live") else "(stale)"}' for w, v in sorted(snap["workers"].items()))
+    lag_err = f'<p class="bad">consumer lag unavailable: {_e(snap["lag_error"])}</p>' if snap.get("lag_error") else ""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap["ts"]))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="{REFRESH_S}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>cdcstream status</title><style>{_CSS}</style></head>
+<body>
+<h1>cdcstream status</h1>
+<p class="muted">served by {_e(snap["worker"])} at {_e(when)} · cluster-wide totals · refreshes every {REFRESH_S} s
+· workers: {workers or "none yet"} · <a href="/metrics">metrics</a> · <a href="/api/openapi.json">API</a></p>
+<h2>Throughput and lag</h2>
+{chart_svg(snap.get("series") or [])}
+{lag_err}
+<h2>Connectors</h2>
+<table id="connectors"><tr><th class="l">connector</th><th class="l">kind</th><th class="l">state</th>
+<th class="l">tasks</th><th class="l">replication slot lag</th><th class="l">last error</th></tr>
+{"".join(conns) or '<tr><td colspan="6" class="l muted">no connector in the config</td></tr>'}
+</table>
+<h2>Tables</h2>
+<table id="tables"><tr><th class="l">table</th><th class="l">profile</th><th class="l">snapshot</th>
+<th>c</th><th>u</th><th>d</th><th>r</th><th>t</th><th>lag</th><th>last event</th><th>documents</th>
+<th>chunks</th><th>tokens spent</th><th>tokens saved</th><th>DLQ</th></tr>
+{"".join(rows) or '<tr><td colspan="15" class="l muted">no table in the config</td></tr>'}
+</table>
+</body></html>
+"""

@@ -1,0 +1,141 @@
+"""Pure parts of the worker API: reciprocal rank fusion, search parameters, request bodies, metrics text."""
+
+from __future__ import annotations
+
+import pytest
+
+from cdcstream.config import ProcessingProfile
+from cdcstream.metrics import _esc
+from cdcstream.search import RangeFilter, SearchInputError, filter_clauses, parse_request, rrf
+from cdcstream.web import HttpError, bearer, parse_json_object, parse_profile_change, parse_replay
+
+
+# --- RRF ---------------------------------------------------------------------------------
+def test_rrf_scores_are_sums_of_reciprocal_ranks() -> None:
+    fused = dict(rrf([["a", "b", "c"], ["b", "d"]], k=60))
+    assert fused["a"] == pytest.approx(1 / 61)
+    assert fused["b"] == pytest.approx(1 / 62 + 1 / 61)
+    assert fused["c"] == pytest.approx(1 / 63)
+    assert fused["d"] == pytest.approx(1 / 62)
+
+
+def test_rrf_order_item_in_both_lists_wins_and_ties_keep_first_appearance() -> None:
+    order = [k for k, _ in rrf([["a", "b"], ["c", "b"]])]
+    assert order[0] == "b"
+    # a and c tie (rank 1 in one list each): a appeared first.
+    assert order[1:] == ["a", "c"]
+
+
+def test_rrf_edge_cases() -> None:
+    assert rrf([]) == []
+    assert rrf([[], []]) == []
+    # A duplicate inside one list counts once, at its best rank.
+    assert dict(rrf([["x", "x"]], k=1))["x"] == pytest.approx(1 / 2)
+    with pytest.raises(ValueError):
+        rrf([["a"]], k=0)
+
+
+def test_rrf_accepts_tuple_keys() -> None:
+    fused = rrf([[("t", "1"), ("t", "2")], [("t", "2")]])
+    assert fused[0][0] == ("t", "2")
+
+
+# --- search parameters --------------------------------------------------------------------
+def test_parse_request_full() -> None:
+    req = parse_request([("q", " slots "), ("mode", "hybrid"), ("size", "5"), ("table", "c.public.a,c.public.b"),
+                         ("filter.status", "paid"), ("range.amount", "10..20"), ("range.ordered_at", "2024-01-01..")])
+    assert req.q == "slots" and req.mode == "hybrid" and req.size == 5
+    assert req.tables == ["c.public.a", "c.public.b"]
+    assert req.filters == {"status": "paid"}
+    assert req.ranges == [RangeFilter("amount", "10", "20"), RangeFilter("ordered_at", "2024-01-01", None)]
+
+
+@pytest.mark.parametrize("params, message", [
+    ([], "is required"),
+    ([("q", "   ")], "is required"),
+    ([("q", "x" * 1001)], "longer than"),
+    ([("q", "x"), ("mode", "fuzzy")], "mode must be one of"),
+    ([("q", "x"), ("size", "0")], "size must be"),
+    ([("q", "x"), ("size", "101")], "size must be"),
+    ([("q", "x"), ("size", "٣")], "size must be"),  # a non-ASCII digit
+    ([("q", "x"), ("size", "-1")], "size must be"),
+    ([("q", "x"), ("q", "y")], "more than once"),
+    ([("q", "x"), ("filter.a b", "1")], "not a column name"),
+    ([("q", "x"), ("filter._cdc.op", "c")], "not a column name"),
+    ([("q", "x"), ("filter.status", "")], "1 to 256"),
+    ([("q", "x"), ("range.amount", "10")], "a range is lo..hi"),
+    ([("q", "x"), ("range.amount", "..")], "a range is lo..hi"),
+    ([("q", "x"), ("table", ",")], "table must be"),
+    ([("q", "x"), ("sort", "id")], "unknown parameter"),
+])
+def test_parse_request_rejects(params: list[tuple[str, str]], message: str) -> None:
+    with pytest.raises(SearchInputError, match=message):
+        parse_request(params)
+
+
+def test_too_many_filters() -> None:
+    with pytest.raises(SearchInputError, match="at most"):
+        parse_request([("q", "x")] + [(f"filter.f{i}", "1") for i in range(21)])
+
+
+def test_ranges_use_the_numeric_subfield_of_decimals() -> None:
+    req = parse_request([("q", "x"), ("range.amount", "1..2"), ("range.qty", "..3"), ("filter.status", "paid")])
+    mapping = {"amount": {"type": "keyword", "fields": {"num": {"type": "double"}}}, "qty": {"type": "long"}}
+    clauses = filter_clauses(req, [mapping])
+    assert {"range": {"amount.num": {"gte": "1", "lte": "2"}}} in clauses
+    assert {"range": {"qty": {"lte": "3"}}} in clauses
+    assert {"match": {"status": {"query": "paid", "lenient": True, "operator": "and"}}} in clauses
+    chunk_clauses = filter_clauses(req, [mapping], prefix="row.")
+    assert {"range": {"row.amount.num": {"gte": "1", "lte": "2"}}} in chunk_clauses
+
+
+# --- request bodies -------------------------------------------------------------------------
+def test_profile_change_body() -> None:
+    assert parse_profile_change({"profile": "full", "backfill": True, "confirm": True}) == (
+        ProcessingProfile.FULL, True, True, False)
+    assert parse_profile_change({"profile": "archive", "drop_index": True}) == (
+        ProcessingProfile.ARCHIVE, False, False, True)
+
+
+@pytest.mark.parametrize("body, message", [
+    ({}, "profile must be one of"),
+    ({"profile": "FULL"}, "profile must be one of"),
+    ({"profile": 1}, "profile must be one of"),
+    ({"profile": "full", "backfill": "yes"}, "backfill must be true or false"),
+    ({"profile": "full", "confirm": 1}, "confirm must be true or false"),
+    ({"profile": "full", "extra": 1}, "unknown field"),
+])
+def test_profile_change_rejects(body: dict[str, object], message: str) -> None:
+    with pytest.raises(HttpError, match=message) as e:
+        parse_profile_change(body)
+    assert e.value.status == 400 and e.value.body["error"]
+
+
+@pytest.mark.parametrize("raw, status", [(b"", 400), (b"  ", 400), (b"{", 400), (b"[1]", 400), (b"\xff", 400),
+                                         (b"x" * 70000, 413)])
+def test_json_body_rejects(raw: bytes, status: int) -> None:
+    with pytest.raises(HttpError) as e:
+        parse_json_object(raw)
+    assert e.value.status == status
+
+
+def test_replay_body() -> None:
+    assert parse_replay({"offsets": [3, 1]}) == {1, 3}
+    assert parse_replay({"all": True}) is None
+    for body in ({}, {"all": False}, {"offsets": [1], "all": True}, {"offsets": []}, {"offsets": [-1]},
+                 {"offsets": [True]}, {"offsets": "1"}, {"offsets": list(range(1001))}, {"all": "yes"},
+                 {"x": 1}):
+        with pytest.raises(HttpError):
+            parse_replay(body)
+
+
+def test_bearer_header() -> None:
+    assert bearer("Bearer abc") == "abc"
+    assert bearer("bearer  abc ") == "abc"
+    assert bearer("Basic abc") is None
+    assert bearer("Bearer ") is None
+    assert bearer(None) is None
+
+
+def test_metrics_label_escaping() -> None:
+    assert _esc('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
