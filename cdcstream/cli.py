@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -97,7 +97,7 @@ def _client() -> Any:
     return ConnectClient(_settings().connect_url)
 
 
-def _fail(e: Exception) -> None:
+def _fail(e: Exception) -> NoReturn:
     click.echo(f"error: {e}", err=True)
     sys.exit(1)
 
@@ -111,16 +111,33 @@ def connectors() -> None:
     """Declare, apply and operate Debezium connectors through Kafka Connect."""
 
 
+def _worker_url(s: Any) -> str:
+    host = "127.0.0.1" if s.web_host in ("0.0.0.0", "::", "") else s.web_host  # noqa: S104 - a bind-all address
+    return f"http://{host}:{s.web_port}"
+
+
+def _api_token(s: Any) -> str | None:
+    from cdcstream.secrets import Resolver
+
+    return Resolver().resolve(s.api_token).get_secret_value() if s.api_token is not None else None
+
+
 @connectors.command("plan")
 @config_option
 def connectors_plan(config_path: str | None) -> None:
-    """Show desired vs actual connector configs (secrets masked) and preflight findings."""
+    """Show desired vs actual connector configs (secrets masked), preflight findings and profile drift."""
     from cdcstream.kconnect import ConnectError
-    from cdcstream.lifecycle import plan_connector, resolve_credentials
+    from cdcstream.lifecycle import WorkerUnreachable, live_profiles, plan_connector, profile_drift, resolve_credentials
     from cdcstream.secrets import Resolver, SecretError
 
     cfg, client, s = _config(config_path), _client(), _settings()
     errors = 0
+    live: dict[str, str] | None = None
+    why = ""
+    try:
+        live = live_profiles(_worker_url(s), _api_token(s))
+    except WorkerUnreachable as e:
+        why = str(e)
     try:
         for spec in cfg.connectors:
             p = plan_connector(spec, client, resolve_credentials(spec, Resolver()), s.kafka_bootstrap)
@@ -132,6 +149,16 @@ def connectors_plan(config_path: str | None) -> None:
             for f in p.findings:
                 click.echo(f"  {f}")
                 errors += f.level == "error"
+            if live is None:
+                click.echo(f"  profiles: could not check live profiles: {why}; is `cdcstream worker` running "
+                           f"with this web_host/web_port?")
+                continue
+            drift = profile_drift(spec, live)
+            for d in drift:
+                click.echo(f"  profile drift: {d}; the live profile wins until "
+                           f"`cdcstream connectors apply --reset-profiles`")
+            if not drift:
+                click.echo(f"  profiles: as in the YAML (checked with the worker at {_worker_url(s)})")
     except (ConnectError, SecretError) as e:
         _fail(e)
     sys.exit(1 if errors else 0)
@@ -139,18 +166,30 @@ def connectors_plan(config_path: str | None) -> None:
 
 @connectors.command("apply")
 @config_option
-def connectors_apply(config_path: str | None) -> None:
+@click.option("--reset-profiles", is_flag=True,
+              help="Also set every table's live processing profile back to the YAML's (needs a running worker).")
+def connectors_apply(config_path: str | None, reset_profiles: bool) -> None:
     """Create or update connectors; a second apply sends nothing to Connect."""
+    from cdcstream import lifecycle as lc
     from cdcstream.kconnect import ConnectError
-    from cdcstream.lifecycle import PreflightError, apply
     from cdcstream.secrets import Resolver, SecretError
 
     cfg, client, s = _config(config_path), _client(), _settings()
     try:
-        res = apply(cfg, client, Resolver(), s.kafka_bootstrap, log_fn=click.echo)
-    except (ConnectError, PreflightError, SecretError) as e:
+        res = lc.apply(cfg, client, Resolver(), s.kafka_bootstrap, log_fn=click.echo)
+        actions = list(res.actions)
+        if reset_profiles:
+            live = lc.live_profiles(_worker_url(s), _api_token(s))
+            drift = [d for spec in cfg.connectors for d in lc.profile_drift(spec, live)]
+            for line in lc.reset_profiles(drift, app_id=s.app_id, kafka_bootstrap=s.kafka_bootstrap,
+                                          web_url=_worker_url(s), token=_api_token(s)):
+                click.echo(line)
+                actions.append(line)
+    except lc.WorkerUnreachable as e:
+        _fail(RuntimeError(f"--reset-profiles: {e}; start `cdcstream worker` (connectors were applied)"))
+    except (ConnectError, lc.PreflightError, SecretError, RuntimeError) as e:
         _fail(e)
-    if not res.actions:
+    if not actions:
         click.echo("nothing to do: every connector is up to date")
 
 
@@ -172,7 +211,7 @@ def connectors_status(name: str | None, config_path: str | None) -> None:
     from cdcstream.secrets import Resolver
 
     cfg, client = _config(config_path), _client()
-    specs = [cfg.connector(name)] if name else list(cfg.connectors)
+    specs = [_spec(cfg, name)] if name else list(cfg.connectors)
     for spec in specs:
         try:
             st = client.status(spec.name)
@@ -216,38 +255,36 @@ for _a in ("pause", "resume", "stop", "restart"):
     _simple(_a)
 
 
+def _spec(cfg: Any, name: str) -> Any:
+    try:
+        return cfg.connector(name)
+    except KeyError as e:
+        _fail(RuntimeError(e.args[0]))
+
+
 @connectors.command("delete")
 @click.argument("name")
-@click.option("--drop-slot", is_flag=True, help="Also reset offsets, drop the replication slot and publication.")
+@click.option("--drop-slot", is_flag=True,
+              help="Also reset offsets and drop the replication slot and publication (PostgreSQL) or the "
+                   "schema-history topic (MariaDB/MySQL), so a re-created connector snapshots afresh.")
 @config_option
 def connectors_delete(name: str, drop_slot: bool, config_path: str | None) -> None:
     """Delete a connector; with --drop-slot: stop, reset offsets, delete, drop slot and publication."""
-    import time as _t
-
     from cdcstream.kconnect import ConnectError
-    from cdcstream.lifecycle import drop_slot_and_publication, resolve_credentials
-    from cdcstream.secrets import Resolver
+    from cdcstream.lifecycle import delete_connector, resolve_credentials
+    from cdcstream.secrets import Resolver, SecretError
 
     c = _client()
     try:
-        if drop_slot:
-            cfg = _config(config_path)
-            spec = cfg.connector(name)
-            if c.get_config(name) is not None:
-                c.stop(name)
-                c.wait_state(name, ("STOPPED",), tasks=False, timeout=60)
-                # Offsets outlive a delete: a re-created connector would resume from the dropped slot.
-                c.reset_offsets(name)
-                click.echo(f"{name}: stopped, offsets reset")
-                c.delete(name)
-                click.echo(f"{name}: deleted")
-            for line in drop_slot_and_publication(spec, resolve_credentials(spec, Resolver())):
-                click.echo(line)
-            _t.sleep(0)
-        else:
+        if not drop_slot:
+            # Plain delete needs no config: it must work for connectors the YAML no longer declares.
             c.delete(name)
-            click.echo(f"{name}: deleted (the replication slot stays; --drop-slot removes it)")
-    except (ConnectError, KeyError, RuntimeError) as e:
+            click.echo(f"{name}: deleted (offsets and the replication slot stay; --drop-slot removes them)")
+            return
+        spec = _spec(_config(config_path), name)
+        delete_connector(c, spec, resolve_credentials(spec, Resolver()), _settings().kafka_bootstrap,
+                         drop_slot=True, log_fn=click.echo)
+    except (ConnectError, SecretError, RuntimeError) as e:
         _fail(e)
 
 
@@ -257,16 +294,20 @@ def connectors_delete(name: str, drop_slot: bool, config_path: str | None) -> No
 @click.option("--filter", "filter_sql", default=None, help="SQL condition: only matching rows are re-emitted.")
 @config_option
 def connectors_snapshot(name: str, table: str, filter_sql: str | None, config_path: str | None) -> None:
-    """Incremental snapshot of TABLE through Debezium's signal table."""
+    """Incremental snapshot of TABLE (as written in the config) through Debezium's signal table."""
     from cdcstream.lifecycle import resolve_credentials, signal_snapshot
-    from cdcstream.secrets import Resolver
+    from cdcstream.secrets import Resolver, SecretError
 
-    spec = _config(config_path).connector(name)
+    spec = _spec(_config(config_path), name)
     if table not in {t.name for t in spec.tables}:
-        _fail(KeyError(f"table {table} is not captured by {name}"))
-    sid = signal_snapshot(spec, resolve_credentials(spec, Resolver()), [table],
-                          {table: filter_sql} if filter_sql else None)
-    click.echo(f"snapshot signal {sid} sent for {table}")
+        _fail(RuntimeError(f"table {table} is not captured by {name}; captured: "
+                           f"{', '.join(t.name for t in spec.tables)}"))
+    try:
+        sid = signal_snapshot(spec, resolve_credentials(spec, Resolver()), [table],
+                              {table: filter_sql} if filter_sql else None)
+    except (SecretError, OSError) as e:
+        _fail(e)
+    click.echo(f"snapshot signal {sid} sent for {table}" + (f" (rows where {filter_sql})" if filter_sql else ""))
 
 
 # --- topics --------------------------------------------------------------------------

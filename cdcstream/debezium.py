@@ -53,6 +53,11 @@ def publication_name(spec: ConnectorSpec) -> str:
     return _ident(f"cdcstream_{spec.name}")
 
 
+def schema_history_topic(spec: ConnectorSpec) -> str:
+    """MariaDB/MySQL only: where Debezium keeps the DDL it has seen."""
+    return f"_cdcstream.schema-history.{spec.name}"
+
+
 def signal_table(spec: ConnectorSpec) -> str:
     """schema.table (PostgreSQL) or database.table (MariaDB) of the signal table."""
     if spec.signal_table:
@@ -139,7 +144,7 @@ def build(spec: ConnectorSpec, *, user: str, password: str, kafka_bootstrap: str
             "database.include.list": _re(spec.connection.database),
             "signal.data.collection": signal_table(spec),
             "schema.history.internal.kafka.bootstrap.servers": kafka_bootstrap,
-            "schema.history.internal.kafka.topic": f"_cdcstream.schema-history.{spec.name}",
+            "schema.history.internal.kafka.topic": schema_history_topic(spec),
             "include.schema.changes": "true",
             "heartbeat.action.query": (
                 f"INSERT INTO {heartbeat_table(spec)} (id, ts) VALUES (1, NOW(6)) "  # noqa: S608

@@ -135,6 +135,16 @@ class ConnectClient:
         return dict(self._call("PUT", f"/connectors/{self._n(name)}/config", f"put config of {name}", body=config,
                                ok=(200, 201)))
 
+    def create_stopped(self, name: str, config: dict[str, str]) -> None:
+        """Create ``name`` in the STOPPED state (Connect >= 3.7, KIP-980): it never runs a task.
+
+        The only way to reach the offsets of a connector that was deleted without resetting
+        them: Connect keeps offsets after a DELETE, and answers for them only while a
+        connector of that name exists.
+        """
+        self._call("POST", "/connectors", f"create {name} (stopped)", ok=(201,),
+                   body={"name": name, "config": config, "initial_state": "STOPPED"})
+
     def pause(self, name: str) -> None:
         self._call("PUT", f"/connectors/{self._n(name)}/pause", f"pause {name}", ok=(202,))
 
@@ -181,7 +191,9 @@ class ConnectClient:
                 if last.state in states and (not tasks or (last.tasks and all(
                         t.get("state") in states for t in last.tasks)) or last.state == "STOPPED"):
                     return last
-                if last.state == "FAILED" or last.failed_tasks:
+                # A failure ends a wait for RUNNING; a wait for STOPPED (stop before delete or an
+                # offset reset) must outlast it: stopping is how a failed connector is cleaned up.
+                if "RUNNING" in states and (last.state == "FAILED" or last.failed_tasks):
                     trace = last.trace or next((t.get("trace") for t in last.tasks if t.get("trace")), "")
                     raise ConnectError(200, f"{name} FAILED: {(trace or '').splitlines()[0:1]}", "wait")
             time.sleep(0.5)

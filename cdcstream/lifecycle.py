@@ -203,6 +203,64 @@ def drop_slot_and_publication(spec: ConnectorSpec, creds: Credentials, timeout: 
     return done
 
 
+def _delete_topics(kafka_bootstrap: str, names: list[str]) -> list[str]:
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def go() -> list[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap, request_timeout_ms=15000)
+        await admin.start()
+        try:
+            present = [n for n in names if n in set(await admin.list_topics())]
+            if present:
+                await admin.delete_topics(present)
+            return present
+        finally:
+            await admin.close()
+
+    return asyncio.run(go())
+
+
+def delete_connector(client: ConnectClient, spec: ConnectorSpec, creds: Credentials, kafka_bootstrap: str,
+                     *, drop_slot: bool, log_fn: Callable[[str], None] = print) -> None:
+    """Delete ``spec``'s connector; with ``drop_slot`` also everything that would make a re-created one resume.
+
+    Kafka Connect keeps a connector's offsets after DELETE. A connector re-created under the
+    same name would read them and resume streaming from a position in a slot that no longer
+    exists, skipping the snapshot (rows written in between are lost). So ``drop_slot``
+    resets the offsets first, even when the connector was already deleted without them
+    being reset (it is re-created STOPPED for that: Connect answers for offsets only while
+    the connector exists), then drops the PostgreSQL slot and publication, or the
+    MariaDB/MySQL schema-history topic.
+    """
+    name = spec.name
+    exists = client.get_config(name) is not None
+    if not drop_slot:
+        if exists:
+            client.delete(name)
+            log_fn(f"{name}: deleted (offsets and the replication slot stay; --drop-slot removes them)")
+        else:
+            log_fn(f"{name}: not in Kafka Connect; nothing deleted")
+        return
+    if exists:
+        client.stop(name)
+    else:
+        client.create_stopped(name, debezium.build(spec, user=creds.user, password=creds.password,
+                                                   kafka_bootstrap=kafka_bootstrap))
+    client.wait_state(name, ("STOPPED",), tasks=False, timeout=60)
+    client.reset_offsets(name)
+    log_fn(f"{name}: stopped, offsets reset")
+    client.delete(name)
+    log_fn(f"{name}: deleted")
+    if spec.connection.kind == "postgres":
+        for line in drop_slot_and_publication(spec, creds):
+            log_fn(line)
+    else:
+        for topic in _delete_topics(kafka_bootstrap, [debezium.schema_history_topic(spec)]):
+            log_fn(f"deleted schema-history topic {topic}")
+
+
 # --- MariaDB / MySQL ----------------------------------------------------------------
 def _my(spec: ConnectorSpec, creds: Credentials) -> Any:
     import pymysql
@@ -353,6 +411,92 @@ def snapshot_added_tables(client: ConnectClient, spec: ConnectorSpec, creds: Cre
         log.warning("incremental snapshot %s of %s not started yet; signalling again", sid, pending)
     raise RuntimeError(f"incremental snapshot of {', '.join(pending)} did not start after {attempts} signals; "
                        f"check `cdcstream connectors status {spec.name}` and the Connect log")
+
+
+# --- live profiles (drift) ------------------------------------------------------------
+# The YAML only seeds a table's processing profile. A change made through the worker's
+# API lives in the ``profiles`` GlobalTable and wins over the YAML from then on (an
+# operator switched a table to ``archive`` during an incident: a routine `apply` must not
+# silently undo that). `plan` shows the difference as drift; `apply --reset-profiles`
+# sends the YAML's profile back through the control topic.
+@dataclass
+class ProfileDrift:
+    connector: str
+    table: str  # schema.table as in the YAML
+    key: str  # TableId.key, the worker's table key
+    yaml: str
+    live: str
+
+    def __str__(self) -> str:
+        return f"{self.table}: live profile {self.live}, YAML says {self.yaml}"
+
+
+class WorkerUnreachable(RuntimeError):
+    """The worker's HTTP API did not answer; live profiles could not be checked."""
+
+
+def live_profiles(web_url: str, token: str | None = None, timeout: float = 3.0) -> dict[str, str]:
+    """Table key -> the profile the running worker applies (``GET /api/tables``)."""
+    import requests
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        resp = requests.get(f"{web_url.rstrip('/')}/api/tables", headers=headers, timeout=timeout)
+        resp.raise_for_status()
+        body = resp.json()
+    except (requests.RequestException, ValueError) as e:
+        raise WorkerUnreachable(f"worker API {web_url} did not answer ({type(e).__name__})") from None
+    return {str(r["table"]): str(r["profile"]) for r in body.get("tables", []) if "table" in r and "profile" in r}
+
+
+def profile_drift(spec: ConnectorSpec, live: dict[str, str]) -> list[ProfileDrift]:
+    """Tables whose running profile differs from the YAML (tables the worker does not know are skipped)."""
+    out = []
+    for t in spec.tables:
+        key = spec.table_id(t).key
+        if key in live and live[key] != t.profile.value:
+            out.append(ProfileDrift(spec.name, t.name, key, t.profile.value, live[key]))
+    return out
+
+
+def reset_profiles(drift: list[ProfileDrift], *, app_id: str, kafka_bootstrap: str, web_url: str,
+                   token: str | None = None, timeout: float = 60.0) -> list[str]:
+    """Send each table's YAML profile through the worker's control topic and wait until the API shows it.
+
+    The command is the one ``agents.control.request_profile`` sends; a plain JSON value on
+    the 1-partition control topic is what its Faust agent decodes.
+    """
+    import asyncio
+    import time
+
+    from aiokafka import AIOKafkaProducer
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            for d in drift:
+                cmd = {"type": "set_profile", "table": d.key, "profile": d.yaml, "version": time.time_ns(),
+                       "drop_index": False}
+                await producer.send_and_wait(f"{app_id}-control", json.dumps(cmd).encode(), key=d.key.encode())
+        finally:
+            await producer.stop()
+
+    if not drift:
+        return []
+    asyncio.run(send())
+    deadline = time.monotonic() + timeout
+    pending = list(drift)
+    while pending:
+        live = live_profiles(web_url, token)
+        pending = [d for d in pending if live.get(d.key) != d.yaml]
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("profile reset not applied by the worker within "
+                               f"{timeout:.0f}s: {', '.join(str(d) for d in pending)}")
+        time.sleep(0.5)
+    return [f"profile of {d.connector} {d.table}: {d.live} -> {d.yaml} (reset to the YAML)" for d in drift]
 
 
 @dataclass
