@@ -84,7 +84,8 @@ def _patch(src: Path) -> None:
 class VaultService(Service):
     name = "vault"
     version = VAULT_VERSION
-    ports = (8200,)
+    # Dev mode also opens the cluster listener on the next port (loopback too).
+    ports = (8200, 8201)
     start_timeout = 90.0
 
     @property
