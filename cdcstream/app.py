@@ -130,6 +130,12 @@ class Pipeline:
             last = out.last_event_ms.get((tk, part))
             if last:
                 merged["last_event_ms"] = max(int(cur.get("last_event_ms", 0)), last)
+            snap = out.snapshot.get((tk, part))
+            if snap:
+                if "started_ms" in snap and not cur.get("snapshot_started_ms"):
+                    merged["snapshot_started_ms"] = snap["started_ms"]
+                if "finished_ms" in snap:
+                    merged["snapshot_finished_ms"] = snap["finished_ms"]
             merged["updated_ms"] = now
             self.tables.stats[key] = merged
 

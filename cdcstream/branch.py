@@ -24,7 +24,7 @@ from typing import Any
 from cdcstream.chunking import Chunk, Chunker
 from cdcstream.config import ProcessingProfile
 from cdcstream.embeddings import Embedder
-from cdcstream.events import ChangeEvent, Op
+from cdcstream.events import ChangeEvent, Op, SnapshotMarker
 from cdcstream.faults import crash_point
 from cdcstream.route import Route, Router, RowState, is_stale, keep_toast, row_key
 from cdcstream.sinks.archive import ArchiveBuffer, ArchiveObject, ArchiveStore
@@ -53,6 +53,8 @@ class Outcome:
     flushed: list[ArchiveObject] = field(default_factory=list)
     truncated: list[str] = field(default_factory=list)
     last_event_ms: dict[tuple[str, int], int] = field(default_factory=dict)
+    # (table key, partition) -> {"started_ms"/"finished_ms": ts} from source.snapshot markers.
+    snapshot: dict[tuple[str, int], dict[str, int]] = field(default_factory=dict)
 
     def count(self, ev: ChangeEvent, name: str, n: int = 1) -> None:
         part = ev.origin.partition if ev.origin else 0
@@ -103,6 +105,8 @@ class BatchProcessor:
             out.count(ev, f"op_{ev.op.value}")
             tp = (ev.table.key, ev.origin.partition if ev.origin else 0)
             out.last_event_ms[tp] = max(out.last_event_ms.get(tp, 0), ev.ts_source_ms)
+            if ev.snapshot.in_snapshot:
+                track_snapshot(out, tp, ev)
             profile = profile_of(ev)
             if profile is ProcessingProfile.ARCHIVE:
                 for obj in self.buffer.add(ev):
@@ -311,6 +315,18 @@ class BatchProcessor:
             for k in list(self._vec_lru)[:25_000]:
                 del self._vec_lru[k]
         self._vec_lru[key] = vec
+
+
+def track_snapshot(out: Outcome, tp: tuple[str, int], ev: ChangeEvent) -> None:
+    """Snapshot assembly from Debezium's markers: first* opens, last* closes, every row counts."""
+    snap = out.snapshot.setdefault(tp, {})
+    m = ev.snapshot
+    kind = "incremental" if m is SnapshotMarker.INCREMENTAL else "initial"
+    out.count(ev, f"snapshot_rows_{kind}")
+    if m in (SnapshotMarker.FIRST, SnapshotMarker.FIRST_IN_DATA_COLLECTION) or "started_ms" not in snap:
+        snap.setdefault("started_ms", ev.ts_event_ms)
+    if m in (SnapshotMarker.LAST, SnapshotMarker.LAST_IN_DATA_COLLECTION):
+        snap["finished_ms"] = ev.ts_event_ms
 
 
 def chunk_id(doc_id: str, column: str, n: int) -> str:
