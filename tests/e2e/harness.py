@@ -62,6 +62,7 @@ class Pipeline:
     env: dict[str, str] = field(default_factory=dict)
     worker: subprocess.Popen[bytes] | None = None
     extra_tables: list[str] = field(default_factory=list)
+    es_auth: tuple[str, str] | None = None
 
     @property
     def connector(self) -> str:
@@ -118,7 +119,7 @@ class Pipeline:
 
     # --- mirror --------------------------------------------------------------------
     def es(self, method: str, path: str, body: Any = None) -> Any:
-        r = requests.request(method, f"{self.es_url}{path}", json=body, timeout=30)
+        r = requests.request(method, f"{self.es_url}{path}", json=body, timeout=30, auth=self.es_auth)
         return r.json() if r.content else None
 
     def docs(self, table: str, chunks: bool = False) -> dict[str, dict[str, Any]]:
@@ -224,3 +225,43 @@ def archived(p: Pipeline) -> list[dict[str, Any]]:
     for f in sorted(p.archive_dir.rglob("*.jsonl.gz")):
         out += [json.loads(line) for line in gzip.decompress(f.read_bytes()).splitlines()]
     return out
+
+
+# --- helpers for the worker API tests (appended; nothing above changed) ------------------
+def start_extra_worker(p: Pipeline, name: str, **env: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A further worker process of the same app (same app id and config) on its own web port
+    and data dir; returns the process and its port. Stop it with ``stop_process``."""
+    port = free_port()
+    log = (p.tmp / f"worker-{name}.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "cdcstream.cli", "worker"],
+                            env={**p.env, "CDCSTREAM_WEB_PORT": str(port),
+                                 "CDCSTREAM_DATA_DIR": str(p.tmp / f"worker-{name}"), **env},
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    return proc, port
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def chromium(tmp: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """Run headless Chromium (Debian package `chromium`) with a throw-away profile."""
+    import shutil
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        raise AssertionError("chromium is not installed: `apt-get install -y chromium` (make test installs it)")
+    profile = tmp / "chromium-profile"
+    profile.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=tmp, check=False)

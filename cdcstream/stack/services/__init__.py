@@ -16,6 +16,8 @@ def _register() -> None:
         ("kafka", "KafkaService"),
         ("connect", "ConnectService"),
         ("elasticsearch", "ElasticsearchService"),
+        # A second node with security on: the mirror's credentials path is tested against it.
+        ("elasticsearch", "SecureElasticsearchService"),
         ("embeddings", "EmbeddingsService"),
         ("objectstore", "ObjectStoreService"),
         ("mariadb", "MariaDBService"),
