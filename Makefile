@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test unit lint stack-up stack-down clean
+.PHONY: run test unit lint stack-up stack-down clean browser
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ stack-down: $(BIN)/.installed
 run: stack-up
 	$(BIN)/cdcstream demo
 
+## Headless Chromium for the status-page test (Debian package; apt-get needs root or sudo).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
+
 ## Everything CI runs: lint, type check, then unit, integration and e2e tests on the real stack.
-test: stack-up
+test: stack-up browser
 	$(BIN)/ruff check cdcstream agents tables tests
 	$(BIN)/mypy cdcstream agents tables
 	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \

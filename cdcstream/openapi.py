@@ -17,14 +17,22 @@ _UNAUTH = {"description": "Bearer token missing or wrong",
            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 _JSON_OBJ = {"application/json": {"schema": {"type": "object"}}}
 
-_TABLE_PARAM = {
-    "name": "table", "in": "path", "required": True,
-    "description": "Table id `connector.schema.table` as listed by `GET /api/tables` (field `id`).",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 300},
-}
 
 
-def document(read_security: bool) -> dict[str, Any]:
+def _table_param(example: str | None) -> dict[str, Any]:
+    p: dict[str, Any] = {
+        "name": "table", "in": "path", "required": True,
+        "description": "Table id `connector.schema.table` as listed by `GET /api/tables` (field `id`).",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 300},
+    }
+    if example:
+        # A real id: fuzzers and readers reach the handler, not only the 404.
+        p["example"] = example
+    return p
+
+
+def document(read_security: bool, example_table: str | None = None) -> dict[str, Any]:
+    table_param = _table_param(example_table)
     bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     read_sec = bearer if read_security else []
 
@@ -84,11 +92,11 @@ def document(read_security: bool) -> dict[str, Any]:
                                           security=read_sec, op_id="listConnectors")},
             "/api/tables": {"get": op("Tables with profile, counters, lag and index sizes", security=read_sec,
                                       op_id="listTables")},
-            "/api/tables/{table}": {"get": op("One table", security=read_sec, params=[_TABLE_PARAM],
+            "/api/tables/{table}": {"get": op("One table", security=read_sec, params=[table_param],
                                               extra={"404": _ERROR}, op_id="getTable")},
             "/api/tables/{table}/profile": {"put": op(
                 "Change a table's processing profile (applied by every live worker before this returns)",
-                security=bearer, params=[_TABLE_PARAM], body={"$ref": "#/components/schemas/ProfileChange"},
+                security=bearer, params=[table_param], body={"$ref": "#/components/schemas/ProfileChange"},
                 extra={"404": _ERROR, "409": {"description": "Backfill into full: confirmation needed; the body "
                                                              "carries the estimate", "content": _JSON_OBJ},
                        "504": {"description": "Not every live worker applied it in time", "content": _JSON_OBJ}},
@@ -104,7 +112,8 @@ def document(read_security: bool) -> dict[str, Any]:
                                            security=bearer, body={"$ref": "#/components/schemas/Replay"},
                                            op_id="replayDlq")},
             "/api/search": {"get": op(
-                "Search the mirror: keyword, semantic (kNN over chunks) or hybrid (RRF, k=60)", security=read_sec,
+                "Search the mirror: keyword, semantic (kNN over chunks) or hybrid (RRF, k=60). Field filters: "
+                "`filter.<column>=value` and `range.<column>=lo..hi` (see docs/api.md)", security=read_sec,
                 op_id="search", params=[
                     {"name": "q", "in": "query", "required": True,
                      "schema": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS}},

@@ -293,7 +293,7 @@ class _Hit:
 
     def out(self, score: float | None = None) -> dict[str, Any]:
         d: dict[str, Any] = {"table": self.target.id, "table_key": self.target.key, "id": self.id,
-                             "score": round(self.score if score is None else score, 6),
+                             "score": self.score if score is None else score,
                              "fields": self.fields or {}, "snippet": self.snippet, "ranks": self.ranks}
         if self.chunk:
             d["chunk"] = self.chunk

@@ -46,8 +46,11 @@ def table_totals(pipe: Pipeline) -> dict[str, dict[str, Any]]:
             continue
         tk = key.rsplit("|", 1)[0]
         for k, n in v.items():
-            if k in ("last_event_ms", "updated_ms"):
+            if k in ("last_event_ms", "updated_ms", "snapshot_finished_ms"):
                 out[tk][k] = max(out[tk][k], int(n))
+            elif k == "snapshot_started_ms":
+                # Earliest start over the partitions; 0 means "not seen yet".
+                out[tk][k] = min(out[tk][k] or int(n), int(n))
             elif isinstance(n, int):
                 out[tk][k] += n
     return {k: dict(v) for k, v in out.items()}
@@ -256,7 +259,8 @@ def register(app: faust.App, pipe: Pipeline) -> None:
         async def get(self, request: Request, **kwargs: Any) -> Response:
             from cdcstream.openapi import document
 
-            return self.json(document(pipe.settings.protect_reads))
+            first = next(iter(pipe.router.by_key.values()), None)
+            return self.json(document(pipe.settings.protect_reads, table_id(first) if first else None))
 
     @app.page("/api/connectors")
     class Connectors(Base):
