@@ -419,6 +419,7 @@ def demo(no_worker: bool) -> None:
 
 
 from cdcstream import cli_api; cli_api.register(main)  # noqa: E402, E702, I001 - API commands (cdcstream/cli_api.py)
+from cdcstream import cli_vault; cli_vault.register(main)  # noqa: E402, E702, I001 - credentials commands (cli_vault.py)
 
 if __name__ == "__main__":
     main()

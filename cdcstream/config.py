@@ -140,6 +140,46 @@ class ConnectorTableConfig(_Model):
         return self.name.split(".")[1]
 
 
+class CredentialsSpec(_Model):
+    """How a connector's database credentials reach Kafka Connect (docs/vault.md).
+
+    ``inline`` (the default, as before): the resolved user/password go into the connector
+    config, so Kafka Connect stores them in plaintext in its config topic.
+    ``provider``: the config carries ``${dir:<dir>:user}``/``${dir:<dir>:password}``
+    placeholders; cdcstream writes the values into files (mode 0600) in ``dir``, which the
+    Connect worker's DirectoryConfigProvider reads when a task starts. The plaintext never
+    enters Connect's config topic or REST answers.
+    ``vault_role``: dynamic credentials from Vault's database engine
+    (``<vault_mount>/creds/<vault_role>``), renewed and rotated by ``cdcstream credentials``;
+    the connection's user/password are then omitted.
+    """
+
+    mode: Literal["inline", "provider"] = "inline"
+    dir: Path | None = Field(default=None, description="Provider mode: the directory the Connect worker reads "
+                                                       "(absolute; default <credentials_dir>/<connector>)")
+    vault_role: str | None = Field(default=None, description="Vault database role for dynamic credentials")
+    vault_mount: str = Field(default="database", description="Mount of Vault's database secrets engine")
+    owner_role: str | None = Field(default=None, description="PostgreSQL role that owns what cdcstream creates "
+                                                             "(signal/heartbeat tables, publication): SET ROLE "
+                                                             "to it first, so a revocable dynamic user owns "
+                                                             "nothing")
+
+    @field_validator("dir")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        # The Connect worker resolves ${dir:...} in its own working directory: only an absolute path is safe.
+        if v is not None and not v.is_absolute():
+            raise ValueError(f"credentials dir {str(v)!r} must be an absolute path (the Connect worker reads it)")
+        return v
+
+    @field_validator("vault_role", "owner_role")
+    @classmethod
+    def _ident(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[A-Za-z0-9_.-]{1,63}$", v):
+            raise ValueError(f"{v!r}: letters, digits, '_', '.' and '-' only")
+        return v
+
+
 SNAPSHOT_MODES = ("initial", "initial_only", "no_data", "when_needed", "never", "always", "recovery")
 
 
@@ -159,6 +199,28 @@ class ConnectorSpec(_Model):
     server_id: int | None = Field(default=None, ge=1, le=2**32 - 1, description="MariaDB/MySQL replica server id")
     extra: dict[str, str] = Field(default_factory=dict, description="Extra Debezium properties, passed through")
     override_owned: bool = Field(default=False, description="Let `extra` override properties the builder owns")
+    credentials: CredentialsSpec = Field(default_factory=CredentialsSpec,
+                                         description="Credential injection mode and Vault dynamic credentials")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dynamic_user(cls, data: Any) -> Any:
+        # With a Vault database role the dynamic user replaces connection.user/password; stand in
+        # references naming where they come from, so DatabaseConnection keeps its required fields
+        # (and its file:line:field errors) for every other connector.
+        if not isinstance(data, dict):
+            return data
+        creds, conn = data.get("credentials"), data.get("connection")
+        if not (isinstance(creds, dict) and creds.get("vault_role") and isinstance(conn, dict)):
+            return data
+        given = [k for k in ("user", "password") if k in conn]
+        if given:
+            raise ValueError(f"connection.{' and connection.'.join(given)} must be omitted with "
+                             f"credentials.vault_role: Vault's dynamic user replaces them")
+        mount = str(creds.get("vault_mount") or "database").strip("/")
+        path = f"creds/{creds['vault_role']}"
+        return {**data, "connection": {**conn, "user": SecretRef("vault", path, "username", mount),
+                                       "password": SecretRef("vault", path, "password", mount)}}
 
     @field_validator("name")
     @classmethod

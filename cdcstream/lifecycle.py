@@ -68,7 +68,12 @@ class ConnectorPlan:
         return lines
 
 
-def resolve_credentials(spec: ConnectorSpec, resolver: Resolver) -> Credentials:
+def resolve_credentials(spec: ConnectorSpec, resolver: Resolver, *, issue: bool = False) -> Credentials:
+    """The connector's credentials; Vault dynamic ones are issued only when ``issue`` (apply, rotation)."""
+    if spec.credentials.vault_role is not None:
+        from cdcstream import rotation
+
+        return rotation.dynamic_credentials(spec, resolver, issue=issue)
     conn = spec.connection
     user = conn.user if isinstance(conn.user, str) else resolver.resolve(conn.user).get_secret_value()
     assert isinstance(conn.password, SecretRef)
@@ -147,6 +152,9 @@ def setup_postgres(spec: ConnectorSpec, creds: Credentials) -> list[str]:
     done = []
     pub = debezium.publication_name(spec)
     with _pg(spec, creds) as conn:
+        if spec.credentials.owner_role:
+            # Objects created below then belong to the owner role: a revocable (dynamic) user owns nothing.
+            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(spec.credentials.owner_role)))
         for name, ddl in (
             (debezium.signal_table(spec),
              "CREATE TABLE IF NOT EXISTS {} (id VARCHAR(64) PRIMARY KEY, type VARCHAR(32) NOT NULL, data TEXT)"),
@@ -246,7 +254,10 @@ def delete_connector(client: ConnectClient, spec: ConnectorSpec, creds: Credenti
     if exists:
         client.stop(name)
     else:
-        client.create_stopped(name, debezium.build(spec, user=creds.user, password=creds.password,
+        from cdcstream.rotation import config_credentials
+
+        user, password = config_credentials(spec, creds)  # provider mode: placeholders, never the value
+        client.create_stopped(name, debezium.build(spec, user=user, password=password,
                                                    kafka_bootstrap=kafka_bootstrap))
     client.wait_state(name, ("STOPPED",), tasks=False, timeout=60)
     client.reset_offsets(name)
@@ -326,8 +337,11 @@ def setup_mariadb(spec: ConnectorSpec, creds: Credentials) -> list[str]:
 # --- plan / apply -------------------------------------------------------------------
 def plan_connector(spec: ConnectorSpec, client: ConnectClient, creds: Credentials, kafka_bootstrap: str,
                    *, check: bool = True) -> ConnectorPlan:
+    from cdcstream.rotation import config_credentials
+
     actual = client.get_config(spec.name)
-    desired = debezium.build(spec, user=creds.user, password=creds.password, kafka_bootstrap=kafka_bootstrap)
+    user, password = config_credentials(spec, creds)  # provider mode: ${dir:...} placeholders
+    desired = debezium.build(spec, user=user, password=password, kafka_bootstrap=kafka_bootstrap)
     findings: list[Finding] = []
     if check:
         if spec.connection.kind == "postgres":
@@ -510,7 +524,7 @@ def apply(config: Config, client: ConnectClient, resolver: Resolver, kafka_boots
     plans: list[ConnectorPlan] = []
     actions: list[str] = []
     for spec in config.connectors:
-        creds = resolve_credentials(spec, resolver)
+        creds = resolve_credentials(spec, resolver, issue=True)
         p = plan_connector(spec, client, creds, kafka_bootstrap)
         plans.append(p)
         errors = [f for f in p.findings if f.level == "error"]
@@ -521,6 +535,13 @@ def apply(config: Config, client: ConnectClient, resolver: Resolver, kafka_boots
             actions += setup_postgres(spec, creds)
         elif spec.connection.kind == "mariadb":
             actions += setup_mariadb(spec, creds)
+        from cdcstream.rotation import deliver
+
+        # Provider mode: the files the Connect worker reads; a running connector only sees new values
+        # after a restart of it and its tasks (its config, all placeholders, is unchanged).
+        if deliver(spec, creds) and p.action == "unchanged":
+            client.restart(spec.name, include_tasks=True)
+            actions.append(f"restarted connector {spec.name}: its credential files changed")
         if p.action == "unchanged":
             continue
         if spec.connection.kind == "mysql":

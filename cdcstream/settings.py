@@ -91,6 +91,10 @@ class Settings(BaseSettings):
                                                           "token by default).")
     vault_auth_mount: str | None = Field(None, description="Auth mount path when not the method's default.")
     vault_ca_bundle: Path | None = Field(None, description="CA bundle for Vault's TLS certificate.")
+    vault_verify: bool = Field(True, description="Verify Vault's TLS certificate (false only for a dev server).")
+    credentials_dir: Path = Field(Path(".stack/credentials"), description="Provider-mode credential files and "
+                                  "dynamic-credential lease state, one directory per connector (the Connect worker "
+                                  "must be able to read it).")
 
     # --- security -----------------------------------------------------------------------
     api_token: Any = Field(None, description="Secret reference of the bearer token for write endpoints.")
@@ -164,7 +168,8 @@ def make_resolver(settings: Settings) -> Any:
                      token_file=settings.vault_token_file, role_id=settings.vault_role_id,
                      secret_id_file=settings.vault_secret_id_file, role=settings.vault_role,
                      jwt_file=settings.vault_jwt_file, mount=settings.vault_auth_mount)
-    return Resolver(VaultClient(VaultSettings(addr=settings.vault_addr, auth=auth, ca_bundle=settings.vault_ca_bundle)))
+    return Resolver(VaultClient(VaultSettings(addr=settings.vault_addr, auth=auth, ca_bundle=settings.vault_ca_bundle,
+                                              verify=settings.vault_verify)))
 
 
 def settings_markdown() -> str:

@@ -185,12 +185,21 @@ class VaultClient:
         self._ensure_token()
         try:
             resp = self.client.secrets.database.generate_credentials(role, mount_point=mount)
-            role_cfg = self.client.secrets.database.read_role(role, mount_point=mount)["data"]
         except hv.Forbidden:
             raise SecretError(f"vault:{mount}/creds/{role}: permission denied") from None
+        except hv.InvalidPath:
+            raise SecretError(f"vault:{mount}/creds/{role}: no such role (or no database engine at {mount}/)"
+                              ) from None
         except (hv.VaultError, requests.RequestException) as e:
             raise SecretError(f"vault:{mount}/creds/{role}: {_why(e)}") from None
         lease = Lease(resp["lease_id"], int(resp["lease_duration"]), bool(resp["renewable"]))
+        try:
+            # The role's max_ttl decides when to rotate; a policy without read on the role falls back
+            # to the lease's own duration (rotation then happens earlier, never later).
+            role_cfg = self.client.secrets.database.read_role(role, mount_point=mount)["data"]
+        except (hv.VaultError, requests.RequestException) as e:
+            log.info("vault:%s/roles/%s unreadable (%s); rotating by the lease duration", mount, role, _why(e))
+            role_cfg = {}
         max_ttl = int(role_cfg.get("max_ttl") or 0) or lease.duration_s
         return DynamicCredentials(resp["data"]["username"], SecretStr(resp["data"]["password"]), lease, max_ttl)
 

@@ -1,0 +1,378 @@
+"""Connector credentials: where cdcstream puts them for Kafka Connect, and Vault dynamic ones rotated.
+
+Two injection modes per connector (``ConnectorSpec.credentials.mode``, docs/vault.md):
+
+* ``provider``: the connector config carries ``${dir:<dir>:user}`` and ``${dir:<dir>:password}``;
+  the values live in files (0600) in ``<dir>``, read by the Connect worker's
+  DirectoryConfigProvider whenever the connector or a task starts. New values take effect on
+  a restart of the connector *and* its tasks; the config in Connect never changes.
+* ``inline``: the values themselves go into the config (Connect stores them in its config
+  topic); a new value takes effect through a PUT of the config.
+
+Dynamic credentials (``credentials.vault_role``) come from Vault's database engine. The
+current lease lives in ``<dir>/lease.json`` (no secret in it), so ``apply``, ``rotate`` and
+``rotate-loop`` in different processes agree on it. Rotation order, so that no change is
+lost and no connector is left without valid credentials:
+
+1. issue new credentials (the old ones stay valid);
+2. write them (provider: files; inline: PUT config) and restart connector and tasks;
+3. wait until the task streams as the new user (PostgreSQL: the slot's active backend);
+4. only then revoke the old lease. On a failure in 2–3 the old values are put back and the
+   new lease is revoked, so the connector keeps what worked.
+
+Debezium resumes from its committed offset after the restart, and the replication slot keeps
+every change since then: a restart loses nothing (at most a few events are sent twice,
+which the worker's version rules absorb).
+
+Every call here blocks (Vault, Connect, the database): never call it on Faust's event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cdcstream import debezium
+from cdcstream.config import ConnectorSpec
+from cdcstream.kconnect import ConnectClient
+from cdcstream.lifecycle import Credentials
+from cdcstream.secrets import Resolver, SecretError
+from cdcstream.vault import Lease, VaultClient
+
+log = logging.getLogger(__name__)
+
+USER_FILE = "user"
+PASSWORD_FILE = "password"
+LEASE_FILE = "lease.json"
+#: Rotate when this share of the credentials' max TTL has passed (Vault drops the user at max TTL).
+ROTATE_AT = 2 / 3
+#: Renew a lease when less than this share of its duration is left.
+RENEW_BELOW = 1 / 2
+
+
+def credentials_dir(spec: ConnectorSpec, base: Path | None = None) -> Path:
+    """Where ``spec``'s credential files and lease state live (absolute: the Connect worker reads it)."""
+    if spec.credentials.dir is not None:
+        return spec.credentials.dir
+    if base is None:
+        from cdcstream.settings import Settings
+
+        base = Settings().credentials_dir
+    return (base / spec.name).resolve()
+
+
+def placeholders(spec: ConnectorSpec) -> tuple[str, str]:
+    d = credentials_dir(spec)
+    # Kafka's placeholder grammar is ${provider:path:key}; a ':' or '}' in the path would end it early.
+    if any(c in str(d) for c in ":}{"):
+        raise SecretError(f"connector {spec.name}: credentials dir {d} contains ':', '{{' or '}}', which "
+                          f"Kafka Connect placeholders cannot carry")
+    return f"${{dir:{d}:{USER_FILE}}}", f"${{dir:{d}:{PASSWORD_FILE}}}"
+
+
+def config_credentials(spec: ConnectorSpec, creds: Credentials) -> tuple[str, str]:
+    """What goes into the connector config: placeholders (provider) or the values (inline)."""
+    if spec.credentials.mode == "provider":
+        return placeholders(spec)
+    return creds.user, creds.password
+
+
+class IssuedCredentials(Credentials):
+    """Credentials Vault issued just now: a running connector must restart to use them."""
+
+
+@dataclass
+class LeaseState:
+    """The current dynamic credentials of one connector, without the password."""
+
+    connector: str
+    vault_mount: str
+    vault_role: str
+    username: str
+    lease_id: str
+    renewable: bool
+    duration_s: int
+    max_ttl_s: int
+    issued_at: float  # wall clock: the state outlives the process that wrote it
+    expires_at: float
+    previous_lease_id: str | None = None  # set while a rotation is in flight, revoked when it succeeds
+
+    @property
+    def rotate_at(self) -> float:
+        return self.issued_at + self.max_ttl_s * ROTATE_AT
+
+    def lease(self) -> Lease:
+        return Lease(self.lease_id, self.duration_s, self.renewable)
+
+
+class CredentialStore:
+    """The files of one connector: ``user``, ``password`` (0600) and ``lease.json``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+
+    def _write(self, name: str, text: str) -> bool:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.dir / name
+        with contextlib.suppress(OSError):
+            if path.read_text() == text:
+                return False
+        # mkstemp creates the file 0600 before anything is written; os.replace makes the swap atomic,
+        # so the Connect worker never reads half a password.
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{name}.")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return True
+
+    def write(self, creds: Credentials) -> bool:
+        """Write user and password; True when either changed."""
+        a = self._write(USER_FILE, creds.user)
+        b = self._write(PASSWORD_FILE, creds.password)
+        return a or b
+
+    def read(self) -> Credentials | None:
+        try:
+            return Credentials((self.dir / USER_FILE).read_text(), (self.dir / PASSWORD_FILE).read_text())
+        except FileNotFoundError:
+            return None
+
+    def load_lease(self) -> LeaseState | None:
+        try:
+            return LeaseState(**json.loads((self.dir / LEASE_FILE).read_text()))
+        except FileNotFoundError:
+            return None
+
+    def save_lease(self, state: LeaseState) -> None:
+        self._write(LEASE_FILE, json.dumps(asdict(state), indent=2))
+
+
+def vault_client(resolver: Resolver) -> VaultClient:
+    """The resolver's Vault client (built from CDCSTREAM_VAULT_* when it has none yet)."""
+    if resolver.vault is None:
+        from cdcstream.secrets import default_vault
+
+        resolver.vault = default_vault()
+    if not isinstance(resolver.vault, VaultClient):
+        raise SecretError("dynamic credentials need Vault: set CDCSTREAM_VAULT_ADDR and CDCSTREAM_VAULT_AUTH")
+    return resolver.vault
+
+
+def _issue(spec: ConnectorSpec, vault: VaultClient, previous: LeaseState | None) -> tuple[Credentials, LeaseState]:
+    c = spec.credentials
+    assert c.vault_role is not None
+    dc = vault.database_credentials(c.vault_role, c.vault_mount)
+    now = time.time()
+    state = LeaseState(spec.name, c.vault_mount, c.vault_role, dc.username, dc.lease.lease_id, dc.lease.renewable,
+                       dc.lease.duration_s, dc.max_ttl_s, now, now + dc.lease.duration_s,
+                       previous.lease_id if previous else None)
+    log.info("%s: issued dynamic credentials for user %s (lease %s, ttl %ss, max %ss)", spec.name, dc.username,
+             dc.lease.lease_id, dc.lease.duration_s, dc.max_ttl_s)
+    return Credentials(dc.username, dc.password.get_secret_value()), state
+
+
+def dynamic_credentials(spec: ConnectorSpec, resolver: Resolver, *, issue: bool) -> Credentials:
+    """The connector's current dynamic credentials; new ones only when ``issue`` and none are current.
+
+    Only ``apply`` and the rotation commands issue: a reader (plan, the worker's status page)
+    issuing would leave the lease the connector runs on untracked.
+    """
+    c = spec.credentials
+    store = CredentialStore(credentials_dir(spec))
+    state, creds = store.load_lease(), store.read()
+    current = (state is not None and creds is not None and state.vault_role == c.vault_role
+               and state.username == creds.user and state.expires_at - time.time() > 30)
+    if current:
+        assert creds is not None
+        return creds
+    ref = f"vault:{c.vault_mount}/creds/{c.vault_role}"
+    if not issue:
+        raise SecretError(f"{ref}: connector {spec.name} has no current dynamic credentials in "
+                          f"{store.dir}; `cdcstream connectors apply` issues them")
+    creds, new_state = _issue(spec, vault_client(resolver), None)
+    store.write(creds)
+    store.save_lease(new_state)
+    return IssuedCredentials(creds.user, creds.password)
+
+
+def deliver(spec: ConnectorSpec, creds: Credentials) -> bool:
+    """Provider mode: write the files the Connect worker reads. True when their content changed."""
+    if spec.credentials.mode != "provider":
+        return False
+    changed = CredentialStore(credentials_dir(spec)).write(creds)
+    return changed or isinstance(creds, IssuedCredentials)
+
+
+# --- rotation ----------------------------------------------------------------------------
+@dataclass
+class RotationResult:
+    connector: str
+    old_user: str | None
+    new_user: str
+    revoked: str | None
+    seconds: float
+
+    def __str__(self) -> str:
+        old = f"{self.old_user} -> " if self.old_user else ""
+        rev = f"; revoked lease {self.revoked}" if self.revoked else ""
+        return f"{self.connector}: credentials rotated ({old}{self.new_user}) in {self.seconds:.1f}s{rev}"
+
+
+def _push(spec: ConnectorSpec, client: ConnectClient, creds: Credentials, kafka_bootstrap: str) -> None:
+    if spec.credentials.mode == "provider":
+        CredentialStore(credentials_dir(spec)).write(creds)
+        # The connector alone would keep its tasks on the old values: tasks resolve ${dir:...} when they start.
+        client.restart(spec.name, include_tasks=True)
+    else:
+        client.put_config(spec.name, debezium.build(spec, user=creds.user, password=creds.password,
+                                                    kafka_bootstrap=kafka_bootstrap))
+
+
+def _slot_user(spec: ConnectorSpec, creds: Credentials) -> str | None:
+    from cdcstream.lifecycle import _pg
+
+    with _pg(spec, creds) as conn:
+        row = conn.execute("SELECT a.usename FROM pg_replication_slots s JOIN pg_stat_activity a "
+                           "ON a.pid = s.active_pid WHERE s.slot_name = %s", (debezium.slot_name(spec),)).fetchone()
+    return str(row[0]) if row else None
+
+
+def wait_streaming_as(spec: ConnectorSpec, client: ConnectClient, creds: Credentials, timeout: float) -> None:
+    """Until the connector's task runs on ``creds`` (PostgreSQL: the slot's reader logged in as that user)."""
+    deadline = time.monotonic() + timeout
+    if spec.connection.kind != "postgres":
+        # No portable way to see the binlog reader's user without extra privileges: a restarted
+        # task that stays RUNNING has logged in (a refused login fails the task).
+        time.sleep(5)
+        client.wait_state(spec.name, timeout=max(1.0, deadline - time.monotonic()))
+        time.sleep(5)
+        client.wait_state(spec.name, timeout=max(1.0, deadline - time.monotonic()))
+        return
+    last = None
+    while time.monotonic() < deadline:
+        client.wait_state(spec.name, timeout=max(1.0, deadline - time.monotonic()))
+        last = _slot_user(spec, creds)
+        if last == creds.user:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"{spec.name}: the task did not stream as {creds.user} within {timeout:.0f}s "
+                       f"(slot reader: {last or 'none'})")
+
+
+def rotate(spec: ConnectorSpec, client: ConnectClient, resolver: Resolver, kafka_bootstrap: str,
+           *, timeout: float = 180.0) -> RotationResult:
+    """New credentials for a running connector (dynamic: a new Vault user; static: re-resolved refs)."""
+    from cdcstream.lifecycle import resolve_credentials
+
+    t0 = time.monotonic()
+    store = CredentialStore(credentials_dir(spec))
+    if spec.credentials.vault_role is None:
+        # Static references (KV, env, file): deliver the current value, e.g. after a KV update.
+        creds = resolve_credentials(spec, resolver)
+        _push(spec, client, creds, kafka_bootstrap)
+        wait_streaming_as(spec, client, creds, timeout)
+        return RotationResult(spec.name, None, creds.user, None, time.monotonic() - t0)
+    vault = vault_client(resolver)
+    old_state, old_creds = store.load_lease(), store.read()
+    new_creds, new_state = _issue(spec, vault, old_state)
+    # Saved before Connect sees the new values: a crash from here on leaves both leases tracked.
+    store.save_lease(new_state)
+    try:
+        _push(spec, client, new_creds, kafka_bootstrap)
+        wait_streaming_as(spec, client, new_creds, timeout)
+    except Exception as e:
+        log.error("%s: rotation to %s failed (%s); restoring the previous credentials", spec.name,
+                  new_creds.user, type(e).__name__)
+        if old_creds is not None and old_state is not None:
+            store.save_lease(old_state)
+            with contextlib.suppress(Exception):
+                _push(spec, client, old_creds, kafka_bootstrap)
+        with contextlib.suppress(SecretError):
+            vault.revoke(new_state.lease())
+        raise
+    revoked = None
+    if old_state is not None:
+        try:
+            vault.revoke(old_state.lease())
+            revoked = old_state.lease_id
+        except SecretError as e:
+            # Already gone (expired, or revoked with its token): nothing to clean up.
+            log.warning("%s: %s", spec.name, e)
+    new_state.previous_lease_id = None
+    store.save_lease(new_state)
+    return RotationResult(spec.name, old_state.username if old_state else None, new_creds.user, revoked,
+                          time.monotonic() - t0)
+
+
+def tick(spec: ConnectorSpec, client: ConnectClient, resolver: Resolver, kafka_bootstrap: str,
+         *, timeout: float = 180.0) -> str | None:
+    """One pass of the loop for a dynamic-credential connector: rotate when due, else renew when due."""
+    if spec.credentials.vault_role is None:
+        return None
+    store = CredentialStore(credentials_dir(spec))
+    state = store.load_lease()
+    if state is None:
+        return f"{spec.name}: no dynamic credentials yet (run `cdcstream connectors apply`)"
+    if client.get_config(spec.name) is None:
+        return f"{spec.name}: not in Kafka Connect; nothing to rotate"
+    now = time.time()
+    if now >= state.rotate_at or state.expires_at - now < 10:
+        return str(rotate(spec, client, resolver, kafka_bootstrap, timeout=timeout))
+    if state.expires_at - now < state.duration_s * RENEW_BELOW:
+        vault = vault_client(resolver)
+        try:
+            lease = vault.renew(state.lease(), increment_s=state.duration_s)
+        except SecretError as e:
+            # A lease Vault no longer knows (revoked with its token, or expired): the user is gone.
+            log.warning("%s: %s; rotating now", spec.name, e)
+            return str(rotate(spec, client, resolver, kafka_bootstrap, timeout=timeout))
+        state.expires_at = time.time() + lease.duration_s
+        store.save_lease(state)
+        return f"{spec.name}: renewed lease of {state.username} for {lease.duration_s}s"
+    return None
+
+
+def loop(specs: list[ConnectorSpec], client: ConnectClient, resolver: Resolver, kafka_bootstrap: str, *,
+         interval_s: float = 5.0, log_fn: Callable[[str], None] = print, stop: Callable[[], bool] = lambda: False,
+         timeout: float = 180.0) -> None:
+    """Renew and rotate until ``stop()``; one connector's failure never stops the others."""
+    while not stop():
+        for spec in specs:
+            try:
+                msg = tick(spec, client, resolver, kafka_bootstrap, timeout=timeout)
+            except Exception as e:  # noqa: BLE001 - logged by type and message (which never carry values)
+                msg = f"{spec.name}: {type(e).__name__}: {e}"
+            if msg:
+                log_fn(msg)
+        time.sleep(interval_s)
+
+
+def status(spec: ConnectorSpec) -> dict[str, Any]:
+    """What an operator needs to see (no secret): mode, user, lease and when it renews/rotates."""
+    d = credentials_dir(spec)
+    out: dict[str, Any] = {"connector": spec.name, "mode": spec.credentials.mode,
+                           "source": "vault-dynamic" if spec.credentials.vault_role else "reference",
+                           "dir": str(d) if spec.credentials.mode == "provider" or spec.credentials.vault_role
+                           else None}
+    state = CredentialStore(d).load_lease()
+    if state is not None:
+        now = time.time()
+        out.update({"user": state.username, "lease_id": state.lease_id,
+                    "expires_in_s": round(state.expires_at - now), "rotates_in_s": round(state.rotate_at - now)})
+    return out
