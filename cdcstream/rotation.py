@@ -353,6 +353,11 @@ def loop(specs: list[ConnectorSpec], client: ConnectClient, resolver: Resolver, 
          timeout: float = 180.0) -> None:
     """Renew and rotate until ``stop()``; one connector's failure never stops the others."""
     while not stop():
+        try:
+            # The token outlives its TTL only if someone renews it; between rotations nobody else calls Vault.
+            vault_client(resolver).keepalive()
+        except SecretError as e:
+            log_fn(f"vault: {e}")
         for spec in specs:
             try:
                 msg = tick(spec, client, resolver, kafka_bootstrap, timeout=timeout)

@@ -116,11 +116,13 @@ class VaultClient:
                     info = self.client.auth.kubernetes.login(a.role, jwt, mount_point=a.mount or "kubernetes")["auth"]
                 else:
                     info = self.client.auth.jwt.jwt_login(a.role, jwt, path=a.mount or "jwt")["auth"]
+        # requests' errors are OSErrors too: they must be caught first, or an unreachable Vault
+        # reads as a missing credential file.
+        except (hv.VaultError, requests.RequestException) as e:
+            raise SecretError(f"vault auth '{a.method}' at {self.settings.addr} failed: {_why(e)}") from None
         except OSError as e:
             raise SecretError(f"vault auth '{a.method}': cannot read a credential file ({e.strerror}: "
                               f"{e.filename})") from None
-        except (hv.VaultError, requests.RequestException) as e:
-            raise SecretError(f"vault auth '{a.method}' at {self.settings.addr} failed: {_why(e)}") from None
         ttl = float(info.get("ttl") or info.get("lease_duration") or 0)
         self._token_ttl = ttl or None
         self._token_expires = time.monotonic() + ttl if ttl else None
@@ -145,6 +147,10 @@ class VaultClient:
                 log.info("vault: token renewal failed (%s); logging in again", _why(e))
                 self.login()
 
+    def keepalive(self) -> None:
+        """Renew the token if due (a long-running loop calls this on every pass, so it never lapses)."""
+        self._ensure_token()
+
     # --- KV ----------------------------------------------------------------------------
     def kv_version(self, mount: str) -> int:
         if mount not in self._kv_versions:
@@ -161,7 +167,10 @@ class VaultClient:
         now = time.monotonic()
         hit = self._cache.get((mount, path))
         if hit is None or now - hit[0] > max_age_s:
-            self._ensure_token()
+            try:
+                self._ensure_token()
+            except SecretError as e:
+                raise SecretError(f"{ref}: {e}") from None
             try:
                 if self.kv_version(mount) == 2:
                     data = self.client.secrets.kv.v2.read_secret_version(
