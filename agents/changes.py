@@ -87,16 +87,23 @@ async def handle_batch(pipe: Pipeline, stream: Any, batch: list[Any]) -> None:
         out = await _one_by_one(pipe, decoded, dlq)
     else:
         dlq += out.dlq
-    apply_outcome(pipe, stream, batch, out)
     for i, reason in dlq:
         await send_dlq(pipe, batch[i], reason)
-        m = batch[i].message
-        # Undecodable records have no ChangeEvent: the topic names their table.
-        tid = pipe.router.topics.get(m.topic)
-        key = f"{tid.key if tid else m.topic}|{m.partition}"
-        stream._set_current_event(batch[i])
-        cur = pipe.tables.stats.get(key) or {}
-        pipe.tables.stats[key] = {**cur, "dlq": int(cur.get("dlq", 0)) + 1}
+    # Table writes route by the *current* event, a field the stream shares with take_events'
+    # background drainer, which reads it after its own awaits. So: no await from here until
+    # it is restored, and it is restored to exactly what the drainer left there.
+    saved = stream.current_event
+    try:
+        apply_outcome(pipe, stream, batch, out)
+        for i, _reason in dlq:
+            m = batch[i].message
+            # Undecodable records have no ChangeEvent: the topic names their table.
+            tid = pipe.router.topics.get(m.topic)
+            key = f"{tid.key if tid else m.topic}|{m.partition}"
+            cur = pipe.tables.stats.get(key) or {}
+            pipe.tables.stats[key] = {**cur, "dlq": int(cur.get("dlq", 0)) + 1}
+    finally:
+        stream._set_current_event(saved)
     for i in out.held:
         batch[i].message.incref()
         m = batch[i].message
@@ -107,7 +114,6 @@ async def handle_batch(pipe: Pipeline, stream: Any, batch: list[Any]) -> None:
             await stream.ack(q.popleft())
     for alias in out.truncated:
         await truncate(pipe, alias)
-    stream._set_current_event(None)
     pipe.batches += 1
     crash_point("after_batch")
 
