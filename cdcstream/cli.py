@@ -310,6 +310,86 @@ def connectors_snapshot(name: str, table: str, filter_sql: str | None, config_pa
     click.echo(f"snapshot signal {sid} sent for {table}" + (f" (rows where {filter_sql})" if filter_sql else ""))
 
 
+def fields_markdown() -> str:
+    """The YAML field reference, generated from the config models (docs/connectors.md embeds it)."""
+    import typing
+
+    from pydantic import BaseModel
+    from pydantic_core import PydanticUndefined
+
+    from cdcstream.config import TLS, Config, ConnectorSpec, ConnectorTableConfig, DatabaseConnection
+
+    def type_of(ann: Any) -> str:
+        origin, args = typing.get_origin(ann), typing.get_args(ann)
+        if origin is typing.Literal:
+            return " \\| ".join(f"`{a}`" for a in args)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            return "mapping"
+        if isinstance(ann, type) and hasattr(ann, "__members__"):  # an enum
+            return " \\| ".join(f"`{m.value}`" for m in ann.__members__.values())
+        if origin is tuple:
+            return "list"
+        if origin is dict:
+            return "mapping of strings"
+        if args and type(None) in args:
+            return " or ".join(type_of(a) for a in args if a is not type(None)) + " (optional)"
+        if ann is typing.Any:
+            return "secret reference"
+        if ann is bool:
+            return "bool"
+        return getattr(ann, "__name__", str(ann))
+
+    def default_of(f: Any) -> str:
+        if f.default is PydanticUndefined and f.default_factory is None:
+            return "**required**"
+        d = f.default_factory() if f.default_factory is not None else f.default
+        if isinstance(d, BaseModel):
+            return ", ".join(f"{k}: `{v}`" for k, v in d.model_dump(mode="json").items() if v is not None)
+        if hasattr(d, "value"):
+            d = d.value
+        return "" if d in (None, (), {}) else f"`{d}`"
+
+    # Meanings for fields whose model declares no description (a description in
+    # cdcstream/config.py, where one exists, always wins over these).
+    fallback = {
+        "connectors": "The Debezium connectors, one per source database",
+        "allow_literal_secrets": "Accept plain-text passwords in this file (warned about); for local tries only",
+        "name": "Connector name (lowercase, digits, `.` `_` `-`): Connect's name, slot/publication suffix, "
+                "default topic prefix",
+        "connection": "How Debezium and the preflight checks reach the source database",
+        "tables": "The captured tables (at least one)",
+        "snapshot_mode": "Debezium snapshot.mode: `initial` snapshots existing rows once, then streams",
+        "heartbeat_interval_ms": "Heartbeat period; each heartbeat writes the heartbeat table so idle sources "
+                                 "still advance the slot / binlog position (0 = off)",
+        "kind": "`postgres`, `mariadb`, or `mysql` (untested here)",
+        "host": "Database host as Kafka Connect (and the CLI's preflight) reach it",
+        "database": "The database holding the tables",
+        "user": "Database user: a plain name or a secret reference (env:NAME, file:/path, vault:...)",
+        "tls": "TLS to the source database",
+        "mode": "TLS mode; `prefer` leaves the connector's default",
+        "ca_file": "CA bundle for verify-ca / verify-full (preflight connection)",
+        "profile": "Processing profile: `full` (chunk+embed+index), `index_only`, `archive`",
+        "include_columns": "Only these columns are captured (others never leave the database)",
+        "exclude_columns": "These columns are never captured",
+    }
+    sections: list[tuple[str, type[BaseModel]]] = [
+                ("", Config), ("connectors[]", ConnectorSpec), ("connectors[].connection", DatabaseConnection),
+                ("connectors[].connection.tls", TLS), ("connectors[].tables[]", ConnectorTableConfig)]
+    out = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    for where, model in sections:
+        for name, f in model.model_fields.items():
+            desc = (f.description or fallback.get(name, "")).replace("|", "\\|")
+            path = f"{where}.{name}" if where else name
+            out.append(f"| `{path}` | {type_of(f.annotation)} | {default_of(f)} | {desc} |")
+    return "\n".join(out) + "\n"
+
+
+@connectors.command("fields")
+def connectors_fields() -> None:
+    """Print the YAML field reference (Markdown), generated from the config models."""
+    click.echo(fields_markdown(), nl=False)
+
+
 # --- topics --------------------------------------------------------------------------
 @main.group()
 def topics() -> None:

@@ -36,6 +36,13 @@ SIGNAL_TABLE = "cdcstream_signal"
 HEARTBEAT_TABLE = "cdcstream_heartbeat"
 
 
+# database.ssl.mode per TLS mode of the config (``prefer`` leaves the connector's default).
+MYSQL_SSL_MODES = {"disable": "disabled", "require": "required", "verify-ca": "verify_ca",
+                   "verify-full": "verify_identity"}
+MARIADB_SSL_MODES = {"disable": "disable", "require": "trust", "verify-ca": "verify-ca",
+                     "verify-full": "verify-full"}
+
+
 class OwnedPropertyError(ValueError):
     """``extra`` tries to override a property the builder owns."""
 
@@ -151,8 +158,9 @@ def build(spec: ConnectorSpec, *, user: str, password: str, kafka_bootstrap: str
                 f"ON DUPLICATE KEY UPDATE ts = VALUES(ts)"),
         })
         if spec.connection.tls.mode != "prefer":
-            cfg["database.ssl.mode"] = {"disable": "disabled", "require": "required", "verify-ca": "verify_ca",
-                                        "verify-full": "verify_identity"}.get(spec.connection.tls.mode, "preferred")
+            # The two connectors spell the modes differently (MariaDB's has no "preferred").
+            modes = MARIADB_SSL_MODES if kind == "mariadb" else MYSQL_SSL_MODES
+            cfg["database.ssl.mode"] = modes[spec.connection.tls.mode]
     key_cols = [_key_columns(spec, t) for t in spec.tables if t.id_columns]
     if key_cols:
         cfg["message.key.columns"] = ";".join(key_cols)

@@ -171,7 +171,7 @@ class ConnectClient:
                           f"validate {plugin}", body={"connector.class": connector_class, **config})
         errors: dict[str, list[str]] = {}
         for c in body.get("configs", []):
-            v = c.get("value", {})
+            v = c.get("value") or {}  # Debezium's internal.* properties come back with "value": null
             if v.get("errors"):
                 errors[v["name"]] = list(v["errors"])
         return ValidationResult(int(body.get("error_count", 0)), errors)

@@ -545,7 +545,8 @@ def apply(config: Config, client: ConnectClient, resolver: Resolver, kafka_boots
         if p.action == "unchanged":
             continue
         if spec.connection.kind == "mysql":
-            v = client.validate(p.desired["connector.class"], p.desired)
+            # "name" is part of what Connect validates: without it every config has one error.
+            v = client.validate(p.desired["connector.class"], {**p.desired, "name": spec.name})
             if not v.ok:
                 raise PreflightError(f"connector {spec.name}: Kafka Connect refused the config: {v.errors}")
         client.put_config(spec.name, p.desired)

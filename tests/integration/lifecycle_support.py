@@ -295,14 +295,14 @@ class MariaSource:
                                connect_timeout=10, database=None if root else self.db)
         try:
             with conn.cursor() as cur:
-                cur.execute(statement, params)
+                cur.execute(statement, params or None)  # None: no %-formatting of the '%' host
                 return list(cur.fetchall())
         finally:
             conn.close()
 
     def create(self, schema: list[str], grants: str) -> None:
         self.sql(f"CREATE DATABASE `{self.db}`", root=True)
-        self.sql(f"CREATE USER '{self.user}'@'%' IDENTIFIED BY %s", (self.password,), root=True)
+        self.sql(f"CREATE USER '{self.user}'@'%%' IDENTIFIED BY %s", (self.password,), root=True)
         if grants:
             self.sql(f"GRANT {grants} ON *.* TO '{self.user}'@'%'", root=True)
         # The connector's user creates the signal and heartbeat tables and writes heartbeats.
