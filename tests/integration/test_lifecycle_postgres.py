@@ -405,3 +405,69 @@ def test_plan_shows_profile_drift_or_says_it_could_not_check(src: PgSource) -> N
         server.shutdown()
 
 
+
+
+def test_apply_reset_profiles_sends_the_yaml_profile_through_the_control_topic(src: PgSource,
+                                                                               client: ConnectClient) -> None:
+    """The worker side is played by a fake API plus a consumer of the control topic standing in
+    for agents.control: what is checked here is the command the CLI sends and its wait."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    app_id = f"lc-{src.tag}"
+    control = f"{app_id}-control"
+    key = f"{src.name}/{src.db}/public/items"
+    _FakeWorker.tables = [{"table": key, "profile": "archive"}]
+    seen: list[dict[str, Any]] = []
+
+    async def admin(create: bool) -> None:
+        a = AIOKafkaAdminClient(bootstrap_servers="127.0.0.1:9092")
+        await a.start()
+        try:
+            if create:
+                await a.create_topics([NewTopic(control, 1, 1)])
+            else:
+                await a.delete_topics([control])
+        finally:
+            await a.close()
+
+    async def control_agent(stop: threading.Event) -> None:
+        consumer = AIOKafkaConsumer(control, bootstrap_servers="127.0.0.1:9092", group_id=None,
+                                    auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    for rec in records:
+                        cmd = json.loads(rec.value)
+                        seen.append({**cmd, "_key": rec.key.decode()})
+                        _FakeWorker.tables = [{"table": cmd["table"], "profile": cmd["profile"]}]
+        finally:
+            await consumer.stop()
+
+    asyncio.run(admin(create=True))
+    server = HTTPServer(("127.0.0.1", 0), _FakeWorker)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stop = threading.Event()
+    agent = threading.Thread(target=lambda: asyncio.run(control_agent(stop)), daemon=True)
+    agent.start()
+    try:
+        no_worker = src.cli("connectors", "apply", "--reset-profiles")
+        assert no_worker.exit_code == 1 and "start `cdcstream worker`" in no_worker.stderr, output(no_worker)
+
+        env = {**src.env, "CDCSTREAM_WEB_PORT": str(server.server_address[1]), "CDCSTREAM_APP_ID": app_id}
+        r = cli("connectors", "apply", "--reset-profiles", env=env)
+        assert r.exit_code == 0, output(r)
+        assert f"profile of {src.name} public.items: archive -> index_only (reset to the YAML)" in r.stdout
+        assert len(seen) == 1 and seen[0]["_key"] == key
+        assert {k: seen[0][k] for k in ("type", "table", "profile", "drop_index")} == {
+            "type": "set_profile", "table": key, "profile": "index_only", "drop_index": False}
+        r = cli("connectors", "apply", "--reset-profiles", env=env)
+        assert "nothing to do" in r.stdout and len(seen) == 1, output(r)
+    finally:
+        stop.set()
+        agent.join(10)
+        server.shutdown()
+        asyncio.run(admin(create=False))
