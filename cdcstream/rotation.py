@@ -197,7 +197,9 @@ def dynamic_credentials(spec: ConnectorSpec, resolver: Resolver, *, issue: bool)
     store = CredentialStore(credentials_dir(spec))
     state, creds = store.load_lease(), store.read()
     current = (state is not None and creds is not None and state.vault_role == c.vault_role
-               and state.username == creds.user and state.expires_at - time.time() > 30)
+               and state.username == creds.user
+               # Expiring within a quarter of its duration: a new one is cheaper than a failed start.
+               and state.expires_at - time.time() > min(30.0, state.duration_s / 4))
     if current:
         assert creds is not None
         return creds
@@ -332,7 +334,7 @@ def tick(spec: ConnectorSpec, client: ConnectClient, resolver: Resolver, kafka_b
     if client.get_config(spec.name) is None:
         return f"{spec.name}: not in Kafka Connect; nothing to rotate"
     now = time.time()
-    if now >= state.rotate_at or state.expires_at - now < 10:
+    if now >= state.rotate_at:
         return str(rotate(spec, client, resolver, kafka_bootstrap, timeout=timeout))
     if state.expires_at - now < state.duration_s * RENEW_BELOW:
         vault = vault_client(resolver)

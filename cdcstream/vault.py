@@ -172,7 +172,11 @@ class VaultClient:
             except SecretError as e:
                 raise SecretError(f"{ref}: {e}") from None
             try:
-                if self.kv_version(mount) == 2:
+                version = self.kv_version(mount)
+            except SecretError as e:
+                raise SecretError(f"{ref}: {e}") from None
+            try:
+                if version == 2:
                     data = self.client.secrets.kv.v2.read_secret_version(
                         path, mount_point=mount, raise_on_deleted_version=True)["data"]["data"]
                 else:
