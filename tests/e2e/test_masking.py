@@ -1,0 +1,129 @@
+"""No secret value anywhere the project writes or shows: the standing leak check.
+
+The whole flow runs in provider mode with the database password and the API token held in
+Vault: apply, connector, worker, mirror. Then every place a value could leak is searched for
+the real values: every log under .stack/logs and the test's tmp dir, the worker's pages and
+API answers, `cdcstream connectors plan` (which must show ***), and every record of every
+Kafka topic (Connect's config/offset/status topics and the app's own included). The one
+place the password may be is the provider-mode file Connect reads, and it must be 0600.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hvac
+import pytest
+import requests
+
+from tests.e2e.harness import ROOT, pipeline
+from tests.e2e.vault_env import read_topics
+
+pytestmark = pytest.mark.e2e
+
+# No `full` table: the shared embeddings server's load must not decide whether this check runs.
+TABLES = [{"name": "public.orders", "profile": "index_only"}, {"name": "public.audit_log", "profile": "archive"}]
+
+
+def hits(blob: bytes, secrets: dict[str, str]) -> list[str]:
+    return [name for name, value in secrets.items() if value.encode() in blob]
+
+
+def test_no_secret_value_leaks_anywhere(tmp_path: Path, require: Callable[[str], dict[str, Any]],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    for svc in ("kafka", "connect"):
+        require(svc)
+    vinfo = require("vault")
+    vault = hvac.Client(url=vinfo["addr"], token=vinfo["token"])
+    kv_path = f"cdcstream-test/masking-{uuid.uuid4().hex[:8]}"
+    api_token = "tok-" + uuid.uuid4().hex
+    vault_env = {"CDCSTREAM_VAULT_ADDR": vinfo["addr"], "VAULT_TOKEN": vinfo["token"]}
+    for k, v in vault_env.items():
+        monkeypatch.setenv(k, v)
+    creds_dir = tmp_path / "connect-credentials"
+    with pipeline(tmp_path, require("postgres"), require("elasticsearch"), require("embeddings"), TABLES) as p:
+        secrets = {"database password": p.password, "api token": api_token}
+        vault.secrets.kv.v2.create_or_update_secret(path=kv_path, mount_point="secret",
+                                                    secret={"password": p.password, "api_token": api_token})
+        try:
+            cfg = json.loads(p.config_path.read_text())
+            conn = cfg["connectors"][0]
+            conn["connection"]["password"] = f"vault:secret/{kv_path}#password"
+            conn["credentials"] = {"mode": "provider", "dir": str(creds_dir)}
+            p.config_path.write_text(json.dumps(cfg, indent=2))
+            p.env.update(vault_env)
+            p.env["CDCSTREAM_API_TOKEN"] = f"vault:secret/{kv_path}#api_token"
+            p.env.pop(f"E2E_PG_PASSWORD_{p.tag}", None)  # the worker reads the password from Vault only
+
+            p.sql("INSERT INTO orders (id, customer, amount) VALUES (1, 'ada', 10.50), (2, 'bob', 20.00)")
+            p.sql("INSERT INTO audit_log VALUES (1, 'ada', 'login')")
+            p.apply()
+            p.start_worker()
+            p.wait("orders mirrored", lambda: len(p.docs("orders")) == 2, timeout=180)
+            p.sql("UPDATE orders SET status = 'paid' WHERE id = 1")
+            p.wait("update mirrored", lambda: p.docs("orders")["1"]["status"] == "paid", timeout=120)
+
+            # The one place the password is: the file Connect reads, private to its owner.
+            pw_file = creds_dir / "password"
+            assert pw_file.read_text() == p.password
+            assert stat.S_IMODE(pw_file.stat().st_mode) == 0o600
+
+            # --- the worker's pages and API ------------------------------------------------------
+            base = f"http://127.0.0.1:{p.web_port}"
+            answers: dict[str, bytes] = {}
+            table_key = next(iter(p.api("/api/tables")["tables"]))["table"]
+            for path in ("/status", "/metrics", "/api/openapi.json", "/api/connectors", "/api/tables",
+                         f"/api/tables/{table_key}", "/api/workers", "/api/dlq", "/api/search?q=paid&table="
+                         f"{table_key}"):
+                r = requests.get(base + path, timeout=30)
+                answers[path] = r.content
+            # A write with a wrong token: refused without echoing the expected one.
+            r = requests.post(f"{base}/api/dlq/replay", headers={"Authorization": "Bearer wrong"}, json={},
+                              timeout=30)
+            assert r.status_code in (401, 403)
+            answers["POST /api/dlq/replay (wrong token)"] = r.content
+            assert b"RUNNING" in answers["/api/connectors"]  # the pages did render the connector
+            for what, body in answers.items():
+                assert not hits(body, secrets), f"{what} shows {hits(body, secrets)}"
+
+            # --- the CLI: plan masks, in both modes -----------------------------------------------
+            env = {**os.environ, **p.env}
+            plan = subprocess.run([sys.executable, "-m", "cdcstream.cli", "connectors", "plan"], env=env, cwd=ROOT,
+                                  capture_output=True, text=True, timeout=120, check=False)
+            assert f"connector {p.connector}: unchanged" in plan.stdout, plan.stdout + plan.stderr
+            inline = json.loads(p.config_path.read_text())
+            inline["connectors"][0].update(name=f"{p.connector}-inline", credentials={"mode": "inline"})
+            inline_path = tmp_path / "inline.yaml"
+            inline_path.write_text(json.dumps(inline))
+            plan2 = subprocess.run([sys.executable, "-m", "cdcstream.cli", "connectors", "plan", "--config",
+                                    str(inline_path)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                                   check=False)
+            assert "+ database.password = ***" in plan2.stdout, plan2.stdout + plan2.stderr
+            for out in (plan, plan2):
+                assert not hits((out.stdout + out.stderr).encode(), secrets)
+
+            # --- every record of every topic ----------------------------------------------------
+            topics = read_topics()
+            assert "cdcstream-connect-configs" in topics and p.topic("orders") in topics
+            assert any(p.connector.encode() in k + v for k, v in topics["cdcstream-connect-configs"])
+            leaks = {t: hits(b"".join(k + v for k, v in recs), secrets) for t, recs in topics.items()}
+            assert not {t: h for t, h in leaks.items() if h}, leaks
+
+            # --- every log file ------------------------------------------------------------------
+            p.kill_worker()
+            logs = [f for f in (ROOT / ".stack" / "logs").rglob("*") if f.is_file()]
+            assert any(f.name.startswith("connect") for f in logs)
+            files = logs + [f for f in tmp_path.rglob("*") if f.is_file() and f != pw_file]
+            assert (tmp_path / "worker.log").exists()
+            leaked = {str(f): hits(f.read_bytes(), secrets) for f in files}
+            assert not {f: h for f, h in leaked.items() if h}, leaked
+        finally:
+            vault.secrets.kv.v2.delete_metadata_and_all_versions(path=kv_path, mount_point="secret")
