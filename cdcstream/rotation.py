@@ -237,8 +237,9 @@ class RotationResult:
 
 
 def _push(spec: ConnectorSpec, client: ConnectClient, creds: Credentials, kafka_bootstrap: str) -> None:
+    # Both modes keep the store current: it is what `plan`, preflight and the worker's status read.
+    CredentialStore(credentials_dir(spec)).write(creds)
     if spec.credentials.mode == "provider":
-        CredentialStore(credentials_dir(spec)).write(creds)
         # The connector alone would keep its tasks on the old values: tasks resolve ${dir:...} when they start.
         client.restart(spec.name, include_tasks=True)
     else:

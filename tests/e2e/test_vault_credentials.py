@@ -168,3 +168,22 @@ def test_failures_leave_the_running_connector_on_its_credentials(src: DynamicSou
     assert src.lease()["lease_id"] == before["lease_id"] and src.slot_user() == before["username"]
     src.sql("INSERT INTO public.items VALUES (424242, 'after the failures')")
     wait("the row after the failures", lambda: 424242 in captured_ids(src.topic))
+
+
+def test_inline_mode_rotates_by_put_and_connect_stores_the_value(src: DynamicSource) -> None:
+    src.write_config(mode="inline")
+    applied(src)
+    first_pw = src.password()
+    cfg = ConnectClient().get_config(src.connector) or {}
+    assert (cfg["database.password"] == first_pw) is True  # inline: the value itself, as docs/vault.md warns
+    r = src.cli("credentials", "rotate", src.connector)
+    assert r.returncode == 0, r.stderr + r.stdout
+    lease = src.lease()
+    assert src.slot_user() == lease["username"]
+    now_in_connect = (ConnectClient().get_config(src.connector) or {})["database.password"]
+    # Compared, never printed: a failing assert would show the values.
+    assert (now_in_connect == src.password()) and (now_in_connect != first_pw)
+    config_topic = b"".join(k + v for k, v in read_topics(lambda t: t == CONFIG_TOPIC)[CONFIG_TOPIC])
+    assert src.password().encode() in config_topic  # what provider mode exists to avoid
+    src.sql("INSERT INTO public.items VALUES (7, 'after an inline rotation')")
+    wait("the row after the rotation", lambda: 7 in captured_ids(src.topic))

@@ -200,8 +200,8 @@ def read_topics(want: Any = None, bootstrap: str = "127.0.0.1:9092") -> dict[str
         finally:
             await admin.close()
         tps = [TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]]
-        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=16 << 20,
-                             fetch_max_bytes=64 << 20)
+        c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                             max_partition_fetch_bytes=16 << 20, fetch_max_bytes=64 << 20)
         await c.start()
         try:
             out: dict[str, list[tuple[bytes, bytes]]] = {t: [] for t in names}
@@ -212,11 +212,21 @@ def read_topics(want: Any = None, bootstrap: str = "127.0.0.1:9092") -> dict[str
             await c.seek_to_beginning(*tps)
             begin = await c.beginning_offsets(tps)
             pending = {tp for tp in tps if end[tp] > begin[tp]}
+            deadline = asyncio.get_running_loop().time() + 300
+            seen: set[Any] = set()
             while pending:
+                # Done with a partition when its last record before "end" arrived; position() may
+                # answer before the lazy seek to the beginning has happened.
                 batch = await c.getmany(*pending, timeout_ms=2000)
                 for tp, recs in batch.items():
-                    out[tp.topic] += [(r.key or b"", r.value or b"") for r in recs]
-                for tp in list(pending):
+                    seen.update([tp] if recs else [])
+                    out[tp.topic] += [(r.key or b"", r.value or b"") for r in recs if r.offset < end[tp]]
+                    if recs and recs[-1].offset >= end[tp] - 1:
+                        pending.discard(tp)
+                if not batch and asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"reading {sorted({tp.topic for tp in pending})} did not finish")
+                # A partition may end in offsets no record carries (transaction markers, compaction).
+                for tp in list(pending & seen):
                     if await c.position(tp) >= end[tp]:
                         pending.discard(tp)
             return out
