@@ -85,6 +85,9 @@ class VaultClient:
         verify: bool | str = str(settings.ca_bundle) if settings.ca_bundle else settings.verify
         self.client = hvac.Client(url=settings.addr, verify=verify, timeout=settings.timeout_s,
                                   namespace=settings.namespace)
+        # hvac adopts $VAULT_TOKEN or ~/.vault-token on its own; that token would silently win over the
+        # configured method (AppRole, JWT...). Only login() decides which token is used.
+        self.client.token = None
         self._lock = threading.RLock()
         self._token_expires: float | None = None
         self._token_ttl: float | None = None
