@@ -97,8 +97,9 @@ class Pipeline:
             chunker = None
             if s.embed_base_url:
                 key = await loop.run_in_executor(None, self.secret, s.embed_api_key) or "unused"
-                client = AsyncOpenAI(base_url=s.embed_base_url, api_key=key, max_retries=0, timeout=120)
+                client = AsyncOpenAI(base_url=s.embed_base_url, api_key=key, max_retries=0, timeout=s.embed_timeout_s)
                 self.embedder = Embedder(client, s.embed_model, dimensions=s.embed_dimensions,
+                                         max_inputs=s.embed_max_inputs,
                                          max_input_tokens=s.embed_max_input_tokens, concurrency=s.embed_concurrency,
                                          tokens_per_minute=s.embed_tokens_per_minute,
                                          send_dimensions=s.embed_send_dimensions)

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     embed_max_input_tokens: int = Field(512, ge=16, description="The served model's per-input limit "
                                                                 "(OpenAI: 8192).")
     embed_concurrency: int = Field(2, ge=1, description="Concurrent embedding requests per worker.")
+    embed_max_inputs: int = Field(64, ge=1, le=2048, description="Inputs per request (OpenAI allows 2048; a "
+                                  "self-hosted CPU model must answer one request within embed_timeout_s).")
+    embed_timeout_s: float = Field(120.0, gt=0, description="Timeout of one embedding request.")
     embed_tokens_per_minute: int | None = Field(None, description="Tokens-per-minute budget (account tier).")
     embed_send_dimensions: bool = Field(False, description="Send `dimensions` (text-embedding-3-* only).")
     chunk_encoding: str = Field("cl100k_base", description="tiktoken encoding used to count and cut chunks.")
