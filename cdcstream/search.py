@@ -267,7 +267,26 @@ def _reason(e: Exception) -> str:
     return str(e)[:500]
 
 
+#: Query vectors by (model, input type, prefix, query): analysts repeat queries, and a page
+#: re-run must not wait for the embeddings API again. Bounded; oldest entries go first.
+_QUERY_VECTORS: dict[tuple[str, str | None, str, str], list[float]] = {}
+QUERY_CACHE_SIZE = 512
+QUERY_EMBED_TIMEOUT_S = 30.0
+
+
 async def embed_query(embedder: Embedder, q: str, input_type: str | None, prefix: str) -> list[float]:
+    key = (embedder.model, input_type, prefix, q)
+    hit = _QUERY_VECTORS.get(key)
+    if hit is not None:
+        return hit
+    vec = await _embed_query(embedder, q, input_type, prefix)
+    if len(_QUERY_VECTORS) >= QUERY_CACHE_SIZE:
+        del _QUERY_VECTORS[next(iter(_QUERY_VECTORS))]
+    _QUERY_VECTORS[key] = vec
+    return vec
+
+
+async def _embed_query(embedder: Embedder, q: str, input_type: str | None, prefix: str) -> list[float]:
     import openai
 
     kwargs: dict[str, Any] = {}
@@ -275,7 +294,7 @@ async def embed_query(embedder: Embedder, q: str, input_type: str | None, prefix
         kwargs["extra_body"] = {"input_type": input_type}
     try:
         resp = await asyncio.wait_for(embedder.client.embeddings.create(
-            model=embedder.model, input=[prefix + q], **kwargs), timeout=30)
+            model=embedder.model, input=[prefix + q], **kwargs), timeout=QUERY_EMBED_TIMEOUT_S)
     except (openai.OpenAIError, TimeoutError) as e:
         raise SearchBackendError(f"embeddings: {type(e).__name__}") from None
     return list(resp.data[0].embedding)
@@ -307,6 +326,8 @@ async def run_search(es: AsyncElasticsearch, embedder: Embedder | None, targets:
     by_chunks = {t.chunks_alias: t for t in targets if t.profile is ProcessingProfile.FULL}
     keyword: list[_Hit] = []
     semantic: list[_Hit] = []
+    warnings: list[str] = []
+    vec: list[float] | None = None
     want = req.size if req.mode != "hybrid" else min(req.size * 3, MAX_SIZE * 3)
     if req.mode in ("keyword", "hybrid") and by_alias:
         maps = await _mappings(es, list(by_alias))
@@ -321,7 +342,15 @@ async def run_search(es: AsyncElasticsearch, embedder: Embedder | None, targets:
     if req.mode in ("semantic", "hybrid") and by_chunks:
         if embedder is None:
             raise SearchInputError("semantic search needs embeddings: set embed_url")
-        vec = await embed_query(embedder, req.q, query_input_type, query_prefix)
+        try:
+            vec = await embed_query(embedder, req.q, query_input_type, query_prefix)
+        except SearchBackendError as e:
+            if req.mode == "semantic":
+                raise
+            # Hybrid degrades to its keyword half rather than failing the whole search.
+            warnings.append(f"semantic part skipped: {e}")
+            vec = None
+    if req.mode in ("semantic", "hybrid") and by_chunks and vec is not None:
         maps = [m.get("row", {}).get("properties", {}) for m in await _mappings(es, list(by_chunks))]
         body = knn_body(vec, filter_clauses(req, maps, prefix="row."), min(want * 3, 1000))
         best: dict[tuple[str, str], _Hit] = {}
@@ -358,7 +387,7 @@ async def run_search(es: AsyncElasticsearch, embedder: Embedder | None, targets:
                           {**(a.ranks if a else {}), **(b.ranks if b else {})})
             hits.append(merged.out(score))
     return {"q": req.q, "mode": req.mode, "tables": [t.id for t in targets], "size": req.size, "hits": hits,
-            "counts": {"keyword": len(keyword), "semantic": len(semantic)}}
+            "counts": {"keyword": len(keyword), "semantic": len(semantic)}, "warnings": warnings}
 
 
 async def _fill_rows(es: AsyncElasticsearch, hits: list[_Hit]) -> None:

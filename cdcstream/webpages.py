@@ -86,7 +86,8 @@ def chart_svg(series: list[dict[str, Any]], width: int = 720, height: int = 180)
         y = pad_t + h - frac * h
         parts.append(f'<line x1="{pad_l}" x2="{pad_l + w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eef0f3"/>')
         parts.append(f'<text x="{pad_l - 4}" y="{y + 4:.1f}" text-anchor="end">{max_rate * frac:,.1f}</text>')
-        parts.append(f'<text x="{pad_l + w + 4}" y="{y + 4:.1f}">{max_lag * frac:,.0f}</text>')
+        lag_label = f"{max_lag * frac:,.0f}" if max_lag >= 10 else f"{max_lag * frac:.1f}"
+        parts.append(f'<text x="{pad_l + w + 4}" y="{y + 4:.1f}">{lag_label}</text>')
     parts.append(line("events_per_s", max_rate, "#3b82f6"))
     parts.append(line("lag", max_lag, "#f59e0b"))
     parts.append(f'<text x="{pad_l}" y="{height - 8}">−{span / 60:.1f} min</text>')

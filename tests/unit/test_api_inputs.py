@@ -139,3 +139,38 @@ def test_bearer_header() -> None:
 
 def test_metrics_label_escaping() -> None:
     assert _esc('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+
+
+# --- rendering ------------------------------------------------------------------------------
+def _snapshot() -> dict[str, object]:
+    table = {"id": "c.public.t<script>", "profile": "full", "events": dict.fromkeys("cudrt", 1), "lag": 0,
+             "last_event_age_s": 3.0, "last_event_ms": 1_700_000_000_000, "documents": 2, "chunks": None,
+             "embed_tokens": 5, "tokens_saved": 1, "dlq": 0, "stats": {"op_r": 1},
+             "snapshot": {"rows_read": 1, "source_rows": 2, "progress": 0.5}}
+    conn = {"name": "c", "kind": "postgres", "state": "FAILED", "tasks": [{"id": 0, "state": "FAILED"}],
+            "error": 'boom "<b>"', "slot": {"slot": "s", "active": False, "lag_bytes": 10}}
+    series = [{"ts": 0.0, "events": 0, "events_per_s": None, "lag": 1},
+              {"ts": 5.0, "events": 10, "events_per_s": 2.0, "lag": 0},
+              {"ts": 10.0, "events": 30, "events_per_s": 4.0, "lag": 3}]
+    return {"worker": "w", "ts": 0.0, "tables": [table], "connectors": [conn],
+            "workers": {"w": {"live": True}}, "series": series, "lag_error": None}
+
+
+def test_status_page_escapes_and_draws_the_chart() -> None:
+    from cdcstream.webpages import render_status
+
+    page = render_status(_snapshot())  # type: ignore[arg-type]
+    assert "<script>" not in page and "c.public.t&lt;script&gt;" in page
+    assert "&lt;b&gt;" in page and '<meta http-equiv="refresh"' in page
+    assert page.count("<polyline") == 2 and "50%" in page
+
+
+def test_metrics_render() -> None:
+    from cdcstream.metrics import render
+
+    text = render(_snapshot())  # type: ignore[arg-type]
+    assert 'cdcstream_events_total{op="r",table="c.public.t<script>"} 1' in text
+    assert 'cdcstream_connector_state{connector="c",state="FAILED"} 1' in text
+    assert 'cdcstream_replication_slot_active{connector="c",slot="s"} 0' in text
+    assert "cdcstream_chunks{" not in text  # unknown values are left out, not reported as 0
+    assert text.endswith("\n")
