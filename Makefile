@@ -29,7 +29,7 @@ browser:
 
 ## Everything CI runs: lint, type check, then unit, integration and e2e tests on the real stack.
 test: stack-up browser
-	$(BIN)/ruff check cdcstream agents tables tests
+	$(BIN)/ruff check cdcstream agents tables tests bench
 	$(BIN)/mypy cdcstream agents tables
 	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
@@ -38,7 +38,7 @@ unit: $(BIN)/.installed
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check cdcstream agents tables tests
+	$(BIN)/ruff check cdcstream agents tables tests bench
 	$(BIN)/mypy cdcstream agents tables
 
 clean:
