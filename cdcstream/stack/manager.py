@@ -110,13 +110,18 @@ class Stack:
             if svc not in to_start:
                 done[svc.name].set()
 
+        # Services that share artifacts (elasticsearch and elasticsearch-secure) must not build
+        # the same cache directory at once: the second rename would delete the first's tree.
+        install_locks: dict[str, threading.Lock] = {str(s.artifacts): threading.Lock() for s in to_start}
+
         def bring_up(svc: Service) -> None:
             try:
-                if not svc.installed():
-                    t0 = time.monotonic()
-                    log(f"{svc.name}: installing {svc.version} into {svc.artifacts}")
-                    svc.install()
-                    log(f"{svc.name}: installed in {time.monotonic() - t0:.0f}s")
+                with install_locks[str(svc.artifacts)]:
+                    if not svc.installed():
+                        t0 = time.monotonic()
+                        log(f"{svc.name}: installing {svc.version} into {svc.artifacts}")
+                        svc.install()
+                        log(f"{svc.name}: installed in {time.monotonic() - t0:.0f}s")
                 for dep in svc.depends_on:
                     done[dep].wait()
                     if dep in failed:
