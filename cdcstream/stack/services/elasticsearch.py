@@ -51,6 +51,7 @@ import json
 import os
 import shutil
 import stat
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any, ClassVar
@@ -101,6 +102,9 @@ def _extract(archive: Path, dest: Path) -> None:
             target.chmod(0o755 if executable else 0o644)
     for root, _dirs, _files in os.walk(dest):
         os.chmod(root, 0o755)  # noqa: S103 - the server runs as another user and must read its home
+
+
+_MIRROR_LOCK = threading.Lock()
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -161,11 +165,14 @@ class ElasticsearchService(Service):
             return self.artifacts
         mirror = self.paths.state / "opt" / f"elasticsearch-{self.version}"
         stamp = (self.artifacts / ".complete").read_text()
-        if (mirror / ".complete").is_file() and (mirror / ".complete").read_text() == stamp:
-            return mirror
-        with building(mirror) as tmp:
-            shutil.copytree(self.artifacts, tmp, copy_function=_link_or_copy, dirs_exist_ok=True)
-            tmp.chmod(0o755)
+        # Both nodes (plain and secure) start in parallel threads and share this mirror: a
+        # second build would rename over the first's tree while its JVM starts from it.
+        with _MIRROR_LOCK:
+            if (mirror / ".complete").is_file() and (mirror / ".complete").read_text() == stamp:
+                return mirror
+            with building(mirror) as tmp:
+                shutil.copytree(self.artifacts, tmp, copy_function=_link_or_copy, dirs_exist_ok=True)
+                tmp.chmod(0o755)
         return mirror
 
     def _reachable_by(self, user: str) -> bool:
