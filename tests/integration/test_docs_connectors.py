@@ -39,8 +39,11 @@ def blocks(group: str) -> list[str]:
     return [m.group(2) for m in BLOCK.finditer(DOC.read_text()) if m.group(1) == group]
 
 
-def run_group(group: str, tag: str, tmp: Path) -> str:
-    script = "\n".join(blocks(group)).replace("shop", f"shop{tag}")
+def run_group(group: str, tag: str, tmp: Path, part: slice = slice(None)) -> str:
+    every = blocks(group)
+    # A later part runs in a new shell: carry the group's exports (the password variables) over.
+    exports = [line for b in every for line in b.splitlines() if line.startswith("export ")]
+    script = "\n".join(exports + every[part]).replace("shop", f"shop{tag}")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
            "CDCSTREAM_WEB_PORT": "1"}  # no worker: plan says it could not check, quickly
     r = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp, env=env, capture_output=True,
@@ -65,14 +68,16 @@ def test_postgres_walkthrough_runs(require: Callable[[str], dict[str, Any]], tmp
     tag = uuid.uuid4().hex[:8]
     name, db = f"shop{tag}-pg", f"shop{tag}"
     try:
-        out = run_group("postgres", tag, tmp_path)
+        # Everything but the removal block first: on a busy machine the connector could be
+        # deleted before its snapshot produced anything, and the test would see nothing.
+        out = run_group("postgres", tag, tmp_path, slice(None, -1))
         assert f"connector {name}: create" in out and "+ database.password = ***" in out
         assert f"created connector {name}" in out and "nothing to do" in out
-        assert "rows where id > 5" in out and f"dropped replication slot cdcstream_shop{tag}_pg" in out
-        # What the connector produced before it was deleted. (The filtered snapshot signal may
-        # be deleted with the connector before it is read: test_lifecycle_postgres covers it.)
+        assert "rows where id > 5" in out
         ev = consume(f"{name}.public.orders", lambda ev: {r["id"] for r in rows(ev, "r")} >= set(range(1, 9)))
         assert {r["customer"] for r in rows(ev)} == {f"customer {i}" for i in range(1, 9)}
+        out = run_group("postgres", tag, tmp_path, slice(-1, None))
+        assert f"dropped replication slot cdcstream_shop{tag}_pg" in out
     finally:
         remove_connector(ConnectClient(), name)
         su = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "password": "postgres", "autocommit": True}
@@ -91,12 +96,14 @@ def test_mariadb_walkthrough_runs(require: Callable[[str], dict[str, Any]], tmp_
     tag = uuid.uuid4().hex[:8]
     name, db = f"shop{tag}-maria", f"shop{tag}"
     try:
-        out = run_group("mariadb", tag, tmp_path)
-        assert f"created connector {name}" in out and f"deleted schema-history topic _cdcstream.schema-history.{name}" \
-            in out
+        # Removal last, after the events arrived (see the PostgreSQL walkthrough).
+        out = run_group("mariadb", tag, tmp_path, slice(None, -1))
+        assert f"created connector {name}" in out
         # Row 3 arrives as op=c, or as op=r when the insert beat the initial snapshot's read.
         ev = consume(f"{name}.{db}.orders", lambda ev: {r["id"] for r in rows(ev)} >= {1, 2, 3})
         assert {r["customer"] for r in rows(ev)} == {"acme", "globex", "initech"}
+        out = run_group("mariadb", tag, tmp_path, slice(-1, None))
+        assert f"deleted schema-history topic _cdcstream.schema-history.{name}" in out
     finally:
         remove_connector(ConnectClient(), name)
         with contextlib.suppress(Exception):
