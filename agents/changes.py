@@ -104,18 +104,39 @@ async def handle_batch(pipe: Pipeline, stream: Any, batch: list[Any]) -> None:
             pipe.tables.stats[key] = {**cur, "dlq": int(cur.get("dlq", 0)) + 1}
     finally:
         stream._set_current_event(saved)
-    for i in out.held:
-        batch[i].message.incref()
-        m = batch[i].message
-        pipe.held[(m.topic, m.partition)].append(batch[i])
+    hold(pipe, batch, set(out.held))
     for obj in out.flushed:
-        q = pipe.held.get((obj.topic, obj.partition))
-        while q and q[0].message.offset <= obj.last_offset:
-            await stream.ack(q.popleft())
+        await release(pipe, stream, (obj.topic, obj.partition), obj.last_offset)
+    for tp in {(e.message.topic, e.message.partition) for e in batch}:
+        await release(pipe, stream, tp, -1)
     for alias in out.truncated:
         await truncate(pipe, alias)
     pipe.batches += 1
     crash_point("after_batch")
+
+
+def hold(pipe: Pipeline, batch: list[Any], buffered: set[int]) -> None:
+    """Hold the acks of archive-buffered events, and of every later event of their partition.
+
+    Acks must reach Faust in offset order per partition: after a restart Faust's commit
+    check lets one acked offset right behind an unacked one through (committed + 1), so a
+    tombstone acked behind a buffered event would commit past it and lose it if the worker
+    stopped before its object was written (tests/faults/test_crash_rounds.py found this).
+    """
+    for i, event in enumerate(batch):
+        m = event.message
+        tp = (m.topic, m.partition)
+        if i in buffered or pipe.held.get(tp):
+            m.incref()
+            pipe.held[tp].append((event, i in buffered))
+
+
+async def release(pipe: Pipeline, stream: Any, tp: tuple[str, int], upto: int) -> None:
+    """Ack held events in order: buffered ones up to a stored object's last offset, and
+    the unbuffered ones that only waited behind them."""
+    q = pipe.held.get(tp)
+    while q and (q[0][0].message.offset <= upto or not q[0][1]):
+        await stream.ack(q.popleft()[0])
 
 
 def apply_outcome(pipe: Pipeline, stream: Any, batch: list[Any], out: Outcome) -> None:

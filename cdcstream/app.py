@@ -23,7 +23,7 @@ from cdcstream.route import Router, RowState
 from cdcstream.secrets import Resolver, SecretRef
 from cdcstream.settings import Settings
 from cdcstream.sinks.archive import ArchiveBuffer, ArchiveStore, open_store
-from cdcstream.sinks.elasticsearch import EsMirror
+from cdcstream.sinks.elasticsearch import EsMirror, client_options
 from cdcstream.tokens import get_encoding
 from tables import Tables
 from tables import register as register_tables
@@ -81,14 +81,8 @@ class Pipeline:
                 user = await loop.run_in_executor(None, self.secret, s.elasticsearch_user)
                 pw = await loop.run_in_executor(None, self.secret, s.elasticsearch_password)
                 api_key = await loop.run_in_executor(None, self.secret, s.elasticsearch_api_key)
-                kw: dict[str, Any] = {}
-                if user and pw:
-                    kw["basic_auth"] = (user, pw)
-                if api_key:
-                    kw["api_key"] = api_key
-                if s.elasticsearch_ca:
-                    kw["ca_certs"] = str(s.elasticsearch_ca)
-                self.es = AsyncElasticsearch(s.es_http_url, request_timeout=30, **kw)
+                self.es = AsyncElasticsearch(s.es_http_url, request_timeout=30,
+                                             **client_options(user, pw, api_key, s.elasticsearch_ca))
                 self.mirror = EsMirror(self.es)
             if s.archive_url:
                 ak = await loop.run_in_executor(None, self.secret, s.archive_access_key)
@@ -165,6 +159,13 @@ def create_app(settings: Settings, config: Config, existing_topics: set[str] | N
         stream_wait_empty=False,
         producer_max_request_size=16 * 1024 * 1024,
         consumer_max_fetch_size=16 * 1024 * 1024,
+        # Backpressure: a stalled sink stops the fetcher instead of filling memory.
+        stream_buffer_maxsize=s.read_ahead,
+        # Faust's default (60 s) keeps a kill -9'd worker's partitions idle for a minute;
+        # heartbeats come from the event loop, which the pipeline never blocks.
+        broker_session_timeout=s.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
+        broker_max_poll_records=s.read_ahead,
     )
     tables = register_tables(app, s.partitions)
     pipe = Pipeline(app, s, config, tables)

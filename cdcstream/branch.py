@@ -13,6 +13,7 @@ unit tests with dict-backed state and in the worker.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -32,6 +33,7 @@ from cdcstream.sinks.documents import META, field_mapping, jsonable, row_documen
 from cdcstream.sinks.elasticsearch import EsMirror, IndexOp
 
 log = logging.getLogger(__name__)
+BIG_TEXT_CHARS = 64 * 1024
 
 EMBED_CACHE_INDEX = "cdcstream-embedding-cache"
 
@@ -77,6 +79,7 @@ class BatchProcessor:
         self.chunker = chunker
         self.embed_dims = embed_dims
         self._vec_lru: dict[str, list[float]] = {}
+        self.archive_retries = 0
 
     # ------------------------------------------------------------------------------------
     async def process(self, events: list[ChangeEvent | None], profile_of: Callable[[ChangeEvent], ProcessingProfile],
@@ -150,7 +153,7 @@ class BatchProcessor:
 
         if self.archive is not None:
             for obj in out.flushed:
-                await self.archive.put(obj)
+                await self._put(obj)
                 crash_point("after_archive_put")
         elif out.flushed:
             raise RuntimeError("archive profile in use but no archive store is configured (set archive_url)")
@@ -194,6 +197,25 @@ class BatchProcessor:
         return out
 
     # ------------------------------------------------------------------------------------
+    async def _put(self, obj: ArchiveObject) -> None:
+        """Store one archive object, retrying until the store answers.
+
+        The object is cut from the buffer already, so the batch cannot be retried or sent to
+        the DLQ without archiving its events twice or never: an outage pauses the stream.
+        """
+        assert self.archive is not None
+        backoff = 0.5
+        while True:
+            try:
+                await self.archive.put(obj)
+                return
+            except Exception as e:  # noqa: BLE001 - any store failure: retry, the events stay unacked
+                self.archive_retries += 1
+                log.warning("archive: storing %s failed (%s: %s); retrying in %.1fs", obj.name,
+                            type(e).__name__, str(e)[:200], backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
     async def _fill_toast_from_mirror(self, todo: list[tuple[int, ChangeEvent, Route, RowState | None,
                                                              list[IndexOp]]], out: Outcome) -> None:
         assert self.es is not None
@@ -242,7 +264,14 @@ class BatchProcessor:
             chunks: list[Chunk] = []
             for col in route.table.text_columns:
                 v = ev.after.get(col)
-                chunks += self.chunker.chunk(col, v if isinstance(v, str) else None)
+                text = v if isinstance(v, str) else None
+                if text is not None and len(text) > BIG_TEXT_CHARS:
+                    # Tokenizing megabytes takes seconds: off the event loop, so heartbeats
+                    # and the web pages keep going.
+                    loop = asyncio.get_running_loop()
+                    chunks += await loop.run_in_executor(None, self.chunker.chunk, col, text)
+                else:
+                    chunks += self.chunker.chunk(col, text)
             plan.append((i, ev, route, chunks, old))
             new_state = out.states[row_key(ev.table, ev.doc_id)][0]
             new_state.chunks = {}

@@ -52,12 +52,16 @@ def stack_up(only: tuple[str, ...]) -> None:
 
 
 @stack.command("down")
-@click.option("--only", multiple=True, help="Stop just these services.")
+@click.option("--only", multiple=True, help="Stop just these services (not what they depend on).")
 def stack_down(only: tuple[str, ...]) -> None:
     """Stop exactly the processes `up` started (by PID)."""
     from cdcstream.stack.manager import Stack
 
-    Stack(only=only or None).down(log=lambda m: click.echo(m, err=True))
+    try:
+        st = Stack(only=only or None, with_dependencies=False)
+    except StackError as e:
+        _fail(e)
+    st.down(log=lambda m: click.echo(m, err=True))
 
 
 @stack.command("status")
@@ -216,15 +220,27 @@ def connectors_status(name: str | None, config_path: str | None) -> None:
         try:
             st = client.status(spec.name)
         except ConnectError as e:
+            # Not created: still show the slot below (a deleted connector's slot pins WAL).
             click.echo(f"{spec.name}: {'not created' if e.status == 404 else e}")
-            continue
-        click.echo(f"{spec.name}: {st.state} on {st.worker}")
-        for t in st.tasks:
-            click.echo(f"  task {t['id']}: {t['state']}")
-            if t.get("trace"):
-                click.echo("    " + t["trace"].splitlines()[0])
+        else:
+            click.echo(f"{spec.name}: {st.state} on {st.worker}")
+            for t in st.tasks:
+                click.echo(f"  task {t['id']}: {t['state']}")
+                if t.get("trace"):
+                    lines = t["trace"].strip().splitlines()
+                    click.echo("    " + lines[0])
+                    # Connect wraps the reason ("An exception occurred in the change event producer"): the
+                    # last "Caused by:" names it.
+                    cause = next((x.strip() for x in reversed(lines) if x.startswith("Caused by:")), None)
+                    if cause and cause != lines[0]:
+                        click.echo("    " + cause)
         if spec.connection.kind == "postgres":
-            slot = pg_slot(spec, resolve_credentials(spec, Resolver()))
+            try:
+                slot = pg_slot(spec, resolve_credentials(spec, Resolver()))
+            except Exception as e:  # noqa: BLE001 - the check must report, not crash, when the login fails
+                why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                click.echo(f"  slot: could not check: {why}")
+                continue
             if slot:
                 click.echo(f"  slot {slot['slot']}: active={slot['active']} lag_bytes={slot['lag_bytes']}")
 
@@ -439,6 +455,42 @@ def worker(loglevel: str) -> None:
 
 
 # --- settings ------------------------------------------------------------------------
+@main.command("verify")
+@click.argument("table")
+@click.option("--connector", default=None, help="The connector, when several capture a table of this name.")
+@click.option("--full", "mode", flag_value="full", default=True, help="Compare every row (the default).")
+@click.option("--sample", type=click.IntRange(1), default=None, help="Compare N random rows plus the row counts.")
+@click.option("--settle", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Re-check drifting rows for up to this many seconds (changes still in flight).")
+@click.option("--profile", type=click.Choice(["full", "index_only", "archive"]), default=None,
+              help="Override the profile (default: the running worker's, else the config's).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@config_option
+def verify_cmd(table: str, connector: str | None, mode: str, sample: int | None, settle: float,
+               profile: str | None, as_json: bool, config_path: str | None) -> None:
+    """Compare TABLE (schema.table) in the source with its mirror; exit 1 on drift, 2 if it cannot check."""
+    from cdcstream.config import ProcessingProfile
+    from cdcstream.verify import VerifyError, open_verifier
+
+    s = _settings()
+    cfg = _config(config_path)
+    try:
+        v = open_verifier(s, cfg, table, connector=connector,
+                          profile=ProcessingProfile(profile) if profile else None)
+        try:
+            rep = v.run("sample" if sample else mode, sample=sample or 0, settle_s=settle)
+        finally:
+            v.src.close()
+    except VerifyError as e:
+        click.echo(f"verify: {e}", err=True)
+        sys.exit(2)
+    except Exception as e:  # noqa: BLE001 - unreachable source or mirror: say which, exit 2
+        click.echo(f"verify: cannot compare {table}: {type(e).__name__}: {e}", err=True)
+        sys.exit(2)
+    click.echo(json.dumps(rep.as_dict(), indent=2) if as_json else rep.text())
+    sys.exit(0 if rep.ok else 1)
+
+
 @main.command("settings")
 @click.option("--markdown", is_flag=True, help="The settings reference as Markdown.")
 def settings_cmd(markdown: bool) -> None:

@@ -9,6 +9,7 @@ Everything is async: nothing here blocks Faust's event loop.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -70,7 +71,8 @@ class Embedder:
     def __init__(self, client: AsyncOpenAI, model: str, *, dimensions: int | None = None,
                  max_inputs: int = OPENAI_MAX_INPUTS, max_request_tokens: int = OPENAI_MAX_REQUEST_TOKENS,
                  max_input_tokens: int = OPENAI_MAX_INPUT_TOKENS, concurrency: int = 4,
-                 tokens_per_minute: int | None = None, max_attempts: int = 8, send_dimensions: bool = False) -> None:
+                 tokens_per_minute: int | None = None, max_attempts: int | None = None,
+                 send_dimensions: bool = False) -> None:
         self.client = client
         self.model = model
         self.dimensions = dimensions
@@ -116,7 +118,10 @@ class Embedder:
     async def _request(self, inputs: list[str], tokens: int) -> list[list[float]]:
         await self.budget.take(tokens)
         backoff = 1.0
-        for attempt in range(1, self.max_attempts + 1):
+        # None: retry until the API answers. An outage or a 429 storm pauses the stream (the
+        # events wait in Kafka); giving up would send good rows to the DLQ for a server's fault.
+        attempts = itertools.count(1) if self.max_attempts is None else range(1, self.max_attempts + 1)
+        for attempt in attempts:
             async with self.sem:
                 try:
                     kwargs: dict[str, object] = {}
@@ -126,6 +131,9 @@ class Embedder:
                 except openai.RateLimitError as e:
                     self.stats.rate_limited += 1
                     wait = _retry_after(e) or backoff
+                    # What the runbook's "Embedding 429s" check looks for in the worker log.
+                    log.warning("embeddings: rate limited (HTTP 429, %d so far); retrying in %.0fs",
+                                self.stats.rate_limited, wait)
                 except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError) as e:
                     wait = backoff
                     log.warning("embeddings: %s; retrying", type(e).__name__)

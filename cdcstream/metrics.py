@@ -106,4 +106,10 @@ def render(snapshot: dict[str, Any]) -> str:
     series = snapshot.get("series") or []
     if series and series[-1]["events_per_s"] is not None:
         rate.add(series[-1]["events_per_s"])
+    flight = snapshot.get("in_flight") or {}
+    if flight:
+        fam("cdcstream_in_flight_messages", "gauge",
+            "Events this worker has fetched and not yet committed.").add(flight["messages"])
+        fam("cdcstream_in_flight_cap", "gauge",
+            "The bound on in-flight events (read_ahead, batch_size, archive_max_records).").add(flight["cap"])
     return "\n".join(line for f in fams for line in f.lines()) + "\n"

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1, description="Replication factor of the internal topics.")
     batch_size: int = Field(500, ge=1, description="Events per processing batch (one bulk request per batch).")
     batch_wait_s: float = Field(0.3, gt=0, description="Longest wait to fill a batch.")
+    session_timeout_s: float = Field(15.0, ge=6, description="Kafka consumer-group session timeout: how long a "
+                                     "killed worker's partitions wait before another worker takes them over.")
+    read_ahead: int = Field(2000, ge=1, description="Events fetched ahead of processing (Faust's stream buffer and "
+                            "records per poll). When a sink stalls, events in flight stay under 2 x read_ahead + "
+                            "batch_size (+ archive records held until their object fills); the rest waits in Kafka.")
     connect_url: str = Field("http://127.0.0.1:8083", description="Kafka Connect REST API.")
 
     # --- Elasticsearch ------------------------------------------------------------------

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cdcstream.config import ConnectorSpec, ProcessingProfile
-from cdcstream.route import Route
+from cdcstream.route import Route, Router
 
 if TYPE_CHECKING:
     from cdcstream.app import Pipeline
@@ -382,4 +382,15 @@ class StatusService:
     async def snapshot(self) -> dict[str, Any]:
         tables, conns = await asyncio.gather(self.tables(), self.connectors())
         return {"worker": self.pipe.worker_id, "ts": time.time(), "tables": tables, "connectors": conns,
-                "workers": self.workers(), "series": self.sampler.series(), "lag_error": self.sampler.lag_error}
+                "workers": self.workers(), "series": self.sampler.series(), "lag_error": self.sampler.lag_error,
+                "in_flight": {"messages": int(self.pipe.app.monitor.messages_active),
+                              "cap": in_flight_cap(self.pipe.settings, self.pipe.router)}}
+
+
+def in_flight_cap(settings: Any, router: Router) -> int:
+    """Events one worker can hold between fetch and commit: two polls of read-ahead (one in
+    the stream buffer, one already fetched when the buffer fills), a batch, and the archive
+    records held until their object fills (per partition of every archive table)."""
+    archive_tables = sum(1 for r in router.by_key.values() if r.table.profile is ProcessingProfile.ARCHIVE)
+    return int(2 * settings.read_ahead + settings.batch_size
+            + archive_tables * settings.partitions * settings.archive_max_records)

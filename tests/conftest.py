@@ -28,3 +28,16 @@ def require(stack_status: dict[str, dict[str, Any]]) -> Callable[[str], dict[str
         return svc
 
     return _require
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--full-size", action="store_true", default=False,
+                     help="Run fault tests at full size (50k changes, five rounds); CI runs the smoke size.")
+
+
+@pytest.fixture(scope="session")
+def full_size(request: pytest.FixtureRequest) -> bool:
+    """True with ``--full-size`` or ``CDCSTREAM_FULL_SIZE=1``."""
+    import os
+
+    return bool(request.config.getoption("--full-size")) or os.environ.get("CDCSTREAM_FULL_SIZE") == "1"

@@ -47,6 +47,18 @@ class BulkResult:
     retries: int = 0
 
 
+def client_options(user: str | None, password: str | None, api_key: str | None, ca: Any = None) -> dict[str, Any]:
+    """Keyword arguments of an Elasticsearch client (sync or async) for resolved credentials."""
+    kw: dict[str, Any] = {}
+    if user and password:
+        kw["basic_auth"] = (user, password)
+    if api_key:
+        kw["api_key"] = api_key
+    if ca:
+        kw["ca_certs"] = str(ca)
+    return kw
+
+
 def physical(alias: str, generation: int = 1) -> str:
     return f"{alias}-{generation:06d}"
 

@@ -52,14 +52,16 @@ def pid_alive(pid: int) -> bool:
 
 
 class Stack:
-    def __init__(self, paths: StackPaths | None = None, only: Iterable[str] | None = None) -> None:
+    def __init__(self, paths: StackPaths | None = None, only: Iterable[str] | None = None,
+                 with_dependencies: bool = True) -> None:
         self.paths = paths or StackPaths()
         selected = set(only) if only else set(SERVICES)
         unknown = selected - set(SERVICES)
         if unknown:
             raise StackError(f"unknown service(s): {', '.join(sorted(unknown))}; known: {', '.join(SERVICES)}")
-        # Pull in dependencies of what was asked for.
-        todo = list(selected)
+        # Starting pulls in what the selection depends on; stopping must not (restarting
+        # Connect alone is a fault test and an operator's move: Kafka stays up).
+        todo = list(selected) if with_dependencies else []
         while todo:
             for dep in SERVICES[todo.pop()].depends_on:
                 if dep not in selected:

@@ -90,3 +90,17 @@ def test_numeric_65_30_stays_exact_end_to_end(pipe: Pipeline) -> None:
     exact = "12345678901234567890123456789012345.123456789012345678901234567891"
     p.sql("INSERT INTO orders (id, customer, amount, precise) VALUES (3, 'x', 1, %s)", (exact,))
     p.wait("exact numeric", lambda: p.docs("orders").get("3", {}).get("precise") == exact)
+
+
+def test_a_5_mb_text_value_is_mirrored_whole_and_the_stream_goes_on(pipe: Pipeline) -> None:
+    # Kafka, Connect's producer and the worker's fetches allow 16 MB records (cdcstream/stack,
+    # cdcstream/debezium.py, cdcstream/app.py); the default 1 MB would stall the connector.
+    p = pipe
+    big = ("0123456789abcdef" * 65_536 * 5)[: 5 * 1024 * 1024]
+    p.sql("INSERT INTO orders VALUES (4, %s, 1, 'new', now())", (big,))
+    p.sql("INSERT INTO orders VALUES (5, 'after the big one', 2, 'new', now())")
+    p.wait("the row after the 5 MB row", lambda: p.es("GET", f"/{p.alias('orders')}/_doc/5")["found"], timeout=180)
+    doc = p.es("GET", f"/{p.alias('orders')}/_doc/4")
+    assert doc["found"] and len(doc["_source"]["customer"]) == len(big) and doc["_source"]["customer"] == big
+    stats = {t["name"].split(".")[-1]: t["stats"] for t in p.api("/api/tables")["tables"]}
+    assert stats["orders"].get("dlq", 0) == 0

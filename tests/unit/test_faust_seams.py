@@ -46,3 +46,41 @@ def test_global_table_with_partitioner_needs_no_current_event() -> None:
     app = faust.App("seam-test", broker="memory://", store="memory://")
     t = app.GlobalTable("g", default=None, partitions=1, use_partitioner=True)
     assert t.partition_for_key("k") is None
+
+
+def test_regression_acks_stay_in_offset_order_behind_a_buffered_event() -> None:
+    """Bug: a tombstone acked behind an archive-buffered event let Faust (after a restart,
+    committed offset c, acked [c + 1]) commit past the buffered event; a clean stop before
+    its object was written lost it from the archive. Every later event of the partition is
+    now held too, and acks are released strictly in offset order."""
+    import asyncio
+    from collections import defaultdict, deque
+    from types import SimpleNamespace
+
+    from agents.changes import hold, release
+
+    def ev(offset: int) -> SimpleNamespace:
+        m = Message("t", 0, offset, 0.0, 0, None, b"k", b"v", None, tp=TP("t", 0))
+        m.incref()
+        return SimpleNamespace(message=m)
+
+    acked: list[int] = []
+
+    class Stream:
+        async def ack(self, event: SimpleNamespace) -> None:
+            acked.append(event.message.offset)
+
+    pipe = SimpleNamespace(held=defaultdict(deque))
+    batch = [ev(10), ev(11), ev(12)]  # 10 buffered, 11 a tombstone, 12 buffered
+    hold(pipe, batch, {0, 2})  # type: ignore[arg-type]
+    asyncio.run(release(pipe, Stream(), ("t", 0), -1))  # type: ignore[arg-type]
+    assert acked == [] and len(pipe.held[("t", 0)]) == 3
+    asyncio.run(release(pipe, Stream(), ("t", 0), 10))  # an object [..10] stored
+    assert acked == [10, 11]  # the tombstone follows the event it waited behind
+    later = [ev(13)]  # nothing buffered before it any more... except 12
+    hold(pipe, later, set())  # type: ignore[arg-type]
+    asyncio.run(release(pipe, Stream(), ("t", 0), 12))
+    assert acked == [10, 11, 12, 13]
+    assert not pipe.held[("t", 0)]
+    hold(pipe, [ev(14)], set())  # type: ignore[arg-type]
+    assert not pipe.held[("t", 0)]  # nothing held: acked by take_events as usual
