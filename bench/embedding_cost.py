@@ -144,7 +144,7 @@ def run(size: str) -> dict[str, Any]:
 def markdown(r: dict[str, Any]) -> str:
     return "\n".join([
         f"### Embedding cost ({r['size']}: {r['rows']} rows × {r['update_rounds']} update rounds, "
-        f"{int(r['text_edit_share'] * 100)}% text edits)",
+        f"{int(r['text_edit_share'] * 100)}% text edits; one run)",
         "",
         "| measure | value |", "|---|---|",
         f"| change events in the log | {r['change_events']} |",
