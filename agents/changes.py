@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -45,8 +46,27 @@ def register(app: faust.App, pipe: Pipeline) -> None:
 
     @app.agent(topic, name="cdcstream.changes")
     async def changes(stream: Any) -> None:
+        pipe.stream = stream
         async for batch in stream.take_events(pipe.settings.batch_size, within=pipe.settings.batch_wait_s):
-            await handle_batch(pipe, stream, list(batch))
+            async with pipe.archive_lock:
+                await handle_batch(pipe, stream, list(batch))
+
+    wait_s = pipe.settings.archive_max_wait_s
+    if wait_s:
+        @app.timer(max(0.5, min(5.0, wait_s / 2)))  # type: ignore[untyped-decorator]
+        async def flush_idle_archive() -> None:
+            """Opt-in: store archive objects that waited ``archive_max_wait_s`` for more events.
+
+            Under the batch lock, so an object's acks are never released ahead of another's.
+            The cut depends on time, not only on the records: a crash between storing and
+            committing may cut the replay differently (docs/profiles.md).
+            """
+            if pipe.processor is None or pipe.stream is None:
+                return
+            async with pipe.archive_lock:
+                for obj in pipe.buffer.expire(time.monotonic(), wait_s):
+                    await pipe.processor.store(obj)
+                    await release(pipe, pipe.stream, (obj.topic, obj.partition), obj.last_offset)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
@@ -100,8 +120,8 @@ async def handle_batch(pipe: Pipeline, stream: Any, batch: list[Any]) -> None:
             # Undecodable records have no ChangeEvent: the topic names their table.
             tid = pipe.router.topics.get(m.topic)
             key = f"{tid.key if tid else m.topic}|{m.partition}"
-            cur = pipe.tables.stats.get(key) or {}
-            pipe.tables.stats[key] = {**cur, "dlq": int(cur.get("dlq", 0)) + 1}
+            cur = pipe.stat(key)
+            pipe.set_stat(key, {**cur, "dlq": int(cur.get("dlq", 0)) + 1})
     finally:
         stream._set_current_event(saved)
     hold(pipe, batch, set(out.held))

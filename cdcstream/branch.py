@@ -112,7 +112,10 @@ class BatchProcessor:
                 track_snapshot(out, tp, ev)
             profile = profile_of(ev)
             if profile is ProcessingProfile.ARCHIVE:
-                for obj in self.buffer.add(ev):
+                if self.buffer.duplicate(ev):
+                    out.count(ev, "duplicates")
+                    continue
+                for obj in self.buffer.add(ev, time.monotonic()):
                     out.flushed.append(obj)
                 out.held.append(i)
                 continue
@@ -153,7 +156,7 @@ class BatchProcessor:
 
         if self.archive is not None:
             for obj in out.flushed:
-                await self._put(obj)
+                await self.store(obj)
                 crash_point("after_archive_put")
         elif out.flushed:
             raise RuntimeError("archive profile in use but no archive store is configured (set archive_url)")
@@ -197,7 +200,7 @@ class BatchProcessor:
         return out
 
     # ------------------------------------------------------------------------------------
-    async def _put(self, obj: ArchiveObject) -> None:
+    async def store(self, obj: ArchiveObject) -> None:
         """Store one archive object, retrying until the store answers.
 
         The object is cut from the buffer already, so the batch cannot be retried or sent to

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 OPS = ("c", "u", "d", "r", "t")
 #: Counters kept per table by the agents (cdcstream/branch.py, agents/changes.py).
 COUNTERS = ("stale", "index_ops", "version_conflicts", "chunks", "chunks_reused", "embed_requests", "embed_inputs",
-            "embed_tokens", "tokens_saved", "toast_filled", "toast_from_mirror", "toast_missing", "dlq")
+            "embed_tokens", "tokens_saved", "toast_filled", "toast_from_mirror", "toast_missing", "dlq", "duplicates")
 BLOCKING_DEADLINE_S = 4.0
 CACHE_S = 3.0
 SOURCE_ROWS_CACHE_S = 30.0

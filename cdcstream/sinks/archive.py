@@ -19,6 +19,7 @@ import gzip
 import json
 import os
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,10 +55,36 @@ class _Buffer:
 class ArchiveBuffer:
     """Buffers per topic-partition and cuts objects at record-determined boundaries."""
 
-    def __init__(self, max_records: int = 5000, max_bytes: int = 8 << 20) -> None:
+    def __init__(self, max_records: int = 5000, max_bytes: int = 8 << 20, remember_keys: int = 50_000) -> None:
         self.max_records = max_records
         self.max_bytes = max_bytes
+        self.remember_keys = remember_keys
         self._buf: dict[tuple[str, int], _Buffer] = {}
+        # Per partition, the newest (version, op) archived or buffered per key, most recent last.
+        self._seen: dict[tuple[str, int], OrderedDict[str, tuple[int, str]]] = {}
+
+    def duplicate(self, ev: ChangeEvent) -> bool:
+        """True for an event already archived by source position: Debezium delivers at least
+        once, and after a Connect or broker restart re-sends what it produced since its last
+        offset flush, under new Kafka offsets. Within a partition a key's changes arrive in
+        source order, so anything not newer than the last one seen is such a re-send.
+
+        Remembered per partition for the last ``remember_keys`` keys (a re-send covers at
+        most Connect's offset-flush interval) and forgotten with the partition's buffer, so
+        a replay after a revoke or a crash is never mistaken for one.
+        """
+        assert ev.origin is not None
+        seen = self._seen.setdefault((ev.origin.topic, ev.origin.partition), OrderedDict())
+        key = ev.doc_id
+        mark = (ev.position.version, ev.op.value)
+        last = seen.get(key)
+        if last is not None and (mark[0] < last[0] or mark == last):
+            return True
+        seen[key] = mark
+        seen.move_to_end(key)
+        if len(seen) > self.remember_keys:
+            seen.popitem(last=False)
+        return False
 
     @staticmethod
     def _day(ev: ChangeEvent) -> str:
@@ -103,6 +130,9 @@ class ArchiveBuffer:
         for tp in list(self._buf):
             if tp in tps:
                 del self._buf[tp]
+        for tp in list(self._seen):
+            if tp in tps:
+                del self._seen[tp]
 
     def pending(self) -> dict[tuple[str, int], int]:
         """First buffered offset per topic-partition (not yet durable)."""

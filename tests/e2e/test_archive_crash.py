@@ -79,3 +79,18 @@ def test_crash_after_archive_put_replays_identical_objects(pipe: Pipeline, s3: t
         first, last = key.rsplit("/", 1)[1].removesuffix(".jsonl.gz").split("-")[1:]
         assert lines[0]["kafka"]["offset"] == int(first) and lines[-1]["kafka"]["offset"] == int(last)
     assert len(positions) == len(set(positions)), "an event was archived twice"
+
+
+def test_regression_archive_max_wait_s_flushes_a_quiet_partition(pipe: Pipeline, s3: tuple[Any, dict[str, Any]]
+                                                                  ) -> None:
+    """Bug: the documented archive_max_wait_s was never acted on (nothing called
+    ArchiveBuffer.expire), so a quiet partition's partial object waited for more events forever."""
+    p = pipe
+    client, info = s3
+    p.env.update({"CDCSTREAM_ARCHIVE_MAX_RECORDS": "1000", "CDCSTREAM_ARCHIVE_MAX_WAIT_S": "2"})
+    p.sql("INSERT INTO audit_log SELECT g, 'user' || g, 'login' FROM generate_series(1, 5) g")
+    p.apply()
+    p.start_worker()
+    p.wait("the partial objects stored by time", lambda: sum(
+        len(gzip.decompress(body).splitlines()) for body, _ in objects(client, info["bucket"], f"e2e-{p.tag}/").values()
+    ) == 5)

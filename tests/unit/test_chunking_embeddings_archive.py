@@ -68,3 +68,21 @@ def test_archive_objects_are_deterministic_and_named_by_offsets() -> None:
     assert any(n.endswith("-00000000000000000006-00000000000000000006.jsonl.gz") for n in names)
     lines = [json.loads(x) for x in gzip.decompress(a[0][1]).splitlines()]
     assert [x["kafka"]["offset"] for x in lines] == [0, 1, 2] and lines[0]["op"] == "c"
+
+
+def test_archive_skips_debezium_resends_but_never_a_replay_after_a_revoke() -> None:
+    """Debezium re-sends what it produced since its last offset flush after a Connect or
+    broker restart (new Kafka offsets, same source positions): archived once. A replay after
+    the partition was revoked (same events, its buffer dropped) is archived again."""
+
+    def ev(key: int, version: int, offset: int, op: Op = Op.UPDATE) -> ChangeEvent:
+        return ChangeEvent(TableId("c", "db", "public", "audit"), op, {"id": key}, None, {"id": key},
+                           SourcePosition(version, f"v{version}"), SnapshotMarker.NONE, 1, 1,
+                           KafkaOrigin("c.public.audit", 0, offset))
+
+    buf = ArchiveBuffer(max_records=100)
+    assert not buf.duplicate(ev(1, 100, 0, Op.CREATE)) and not buf.duplicate(ev(1, 200, 1))
+    assert buf.duplicate(ev(1, 100, 2, Op.CREATE)) and buf.duplicate(ev(1, 200, 3))  # the re-send
+    assert not buf.duplicate(ev(1, 300, 4)) and not buf.duplicate(ev(2, 100, 5, Op.CREATE))
+    buf.drop_partitions({("c.public.audit", 0)})
+    assert not buf.duplicate(ev(1, 200, 1))  # replayed from the committed offset: archived again
