@@ -40,18 +40,24 @@ def register(main: click.Group) -> None:
     @credentials.command("status")
     @config_option
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-    def status_cmd(config_path: str | None, as_json: bool) -> None:
-        """Per connector: injection mode, credential source, current user, lease expiry and next rotation."""
+    @click.option("--no-login", is_flag=True, help="Skip the test login with each connector's dynamic credentials.")
+    def status_cmd(config_path: str | None, as_json: bool, no_login: bool) -> None:
+        """Per connector: injection mode, credential source, current user, lease expiry, next rotation and
+        whether the dynamic credentials still log in (a lease revoked in Vault has dropped the user)."""
         from cdcstream.rotation import status
 
         _s, cfg, _c, _r = _ctx(config_path)
-        rows = [status(spec) for spec in cfg.connectors]
+        rows = [status(spec, check_login=not no_login) for spec in cfg.connectors]
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return
         for r in rows:
             lease = (f" user={r['user']} lease={r['lease_id']} expires_in={r['expires_in_s']}s "
                      f"rotates_in={r['rotates_in_s']}s") if "lease_id" in r else ""
+            if "lease_id" in r and r["expires_in_s"] <= 0:
+                lease += " EXPIRED"
+            if "login" in r:
+                lease += f" login={r['login']}"
             click.echo(f"{r['connector']}: mode={r['mode']} source={r['source']}{lease}")
 
     @credentials.command("rotate")

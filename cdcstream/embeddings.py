@@ -151,7 +151,8 @@ class Embedder:
             if attempt == self.max_attempts:
                 break
             self.stats.retries += 1
-            await asyncio.sleep(wait * (0.8 + 0.4 * random.random()))  # noqa: S311 - jitter
+            # Jitter upwards only: retrying before the server's Retry-After just earns another 429.
+            await asyncio.sleep(wait * (1.0 + 0.25 * random.random()))  # noqa: S311 - jitter
             backoff = min(backoff * 2, 60)
         raise EmbeddingError(f"embeddings: gave up after {self.max_attempts} attempts")
 

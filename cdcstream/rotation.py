@@ -371,16 +371,40 @@ def loop(specs: list[ConnectorSpec], client: ConnectClient, resolver: Resolver, 
         time.sleep(interval_s)
 
 
-def status(spec: ConnectorSpec) -> dict[str, Any]:
-    """What an operator needs to see (no secret): mode, user, lease and when it renews/rotates."""
+def status(spec: ConnectorSpec, *, check_login: bool = False) -> dict[str, Any]:
+    """What an operator needs to see (no secret): mode, user, lease and when it renews/rotates.
+
+    ``check_login`` also logs in to the source database with the current dynamic credentials:
+    the lease file only says what cdcstream last saw, while a lease revoked in Vault (or
+    expired) has already dropped the user.
+    """
     d = credentials_dir(spec)
     out: dict[str, Any] = {"connector": spec.name, "mode": spec.credentials.mode,
                            "source": "vault-dynamic" if spec.credentials.vault_role else "reference",
                            "dir": str(d) if spec.credentials.mode == "provider" or spec.credentials.vault_role
                            else None}
-    state = CredentialStore(d).load_lease()
+    store = CredentialStore(d)
+    state = store.load_lease()
     if state is not None:
         now = time.time()
         out.update({"user": state.username, "lease_id": state.lease_id,
                     "expires_in_s": round(state.expires_at - now), "rotates_in_s": round(state.rotate_at - now)})
+        if check_login:
+            out["login"] = login_check(spec, store.read())
     return out
+
+
+def login_check(spec: ConnectorSpec, creds: Credentials | None) -> str:
+    """``ok``, or ``failed: <the database's reason>`` (never a value) for ``creds`` on ``spec``'s source."""
+    from cdcstream.lifecycle import _my, _pg
+
+    if creds is None:
+        return "failed: no credential files"
+    try:
+        conn = _pg(spec, creds) if spec.connection.kind == "postgres" else _my(spec, creds)
+        conn.close()
+    except Exception as e:  # noqa: BLE001 - any refusal is the answer, reported by its message
+        text = " ".join(str(e).split()) or type(e).__name__
+        # psycopg: "connection failed: connection to server at ... failed: FATAL: <the reason>"
+        return f"failed: {text.rsplit('FATAL: ', 1)[-1]}"
+    return "ok"

@@ -209,7 +209,8 @@ def _delete_topics(p: Pipeline) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers="127.0.0.1:9092")
         await admin.start()
         try:
-            names = [t for t in await admin.list_topics() if t.startswith((p.connector, f"e2e-{p.tag}"))]
+            names = [t for t in await admin.list_topics()
+                     if t.startswith((p.connector, f"e2e-{p.tag}", f"__debezium-heartbeat.{p.connector}"))]
             if names:
                 await admin.delete_topics(names)
         finally:

@@ -1,0 +1,692 @@
+"""docs/troubleshooting.md on the real stack, entry by entry: each test causes the symptom, runs
+the entry's check exactly as the doc prints it and sees it detect the symptom, then applies the
+documented fix and sees the symptom clear with nothing lost.
+
+The commands are read from the doc (``runbook()`` parses each ``## entry`` into the code spans
+of its ``Check:`` and ``Fix:`` bullets), so a changed command in the doc changes what runs here,
+and a command that disappears fails the test. They run through ``bash`` with the venv's
+``cdcstream`` on PATH and the placeholders the doc names (``NAME``, ``W``, ``AUTH``, ...) set
+to this test's connector and worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+
+from cdcstream import debezium
+from cdcstream.config import load_config
+from cdcstream.kconnect import ConnectClient
+from tests.e2e.harness import Pipeline, free_port, pipeline
+from tests.e2e.vault_env import DynamicSource, captured_ids, delete_topics, dynamic_source
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "troubleshooting.md"
+CONNECT_LOG = ROOT / ".stack" / "logs" / "connect.log"
+SU = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "password": "postgres"}
+TOKEN = "runbook-api-token-0123456789"
+
+
+# --- the doc -----------------------------------------------------------------------------------
+@dataclass
+class Entry:
+    title: str
+    check: list[str]
+    fix: list[str]
+
+
+def runbook() -> dict[str, Entry]:
+    """Each ``## title`` of the runbook with the code spans of its Check and Fix bullets (continuation
+    lines and nested bullets included), whitespace-normalised."""
+    out: dict[str, Entry] = {}
+    for m in re.finditer(r"^## (.+?)\n(.*?)(?=^## |\Z)", DOC.read_text(), re.M | re.S):
+        parts = {"Check": "", "Fix": ""}
+        current: str | None = None
+        for line in m.group(2).splitlines():
+            bullet = re.match(r"^- (\w+):(.*)", line)
+            if bullet:
+                current = bullet.group(1) if bullet.group(1) in parts else None
+                if current:
+                    parts[current] += bullet.group(2) + "\n"
+            elif line.startswith("- ") or not line.strip():
+                current = None if line.startswith("- ") else current
+            elif current:
+                parts[current] += line + "\n"
+
+        def spans(text: str) -> list[str]:
+            return [" ".join(s.split()) for s in re.findall(r"`([^`]+)`", text)]
+
+        out[m.group(1).strip()] = Entry(m.group(1).strip(), spans(parts["Check"]), spans(parts["Fix"]))
+    return out
+
+
+def doc_command(entry: str, part: str, prefix: str) -> str:
+    """The command of runbook ``entry`` (its ``Check`` or ``Fix``) that starts with ``prefix``, as printed."""
+    entries = runbook()
+    assert entry in entries, f"docs/troubleshooting.md has no entry {entry!r}; entries: {list(entries)}"
+    spans = getattr(entries[entry], part.lower())
+    found = [s for s in spans if s.startswith(prefix)]
+    assert found, f"{entry!r} {part} names no command starting {prefix!r}; it names: {spans}"
+    return found[0]
+
+
+def doc_text(entry: str, part: str) -> list[str]:
+    return list(getattr(runbook()[entry], part.lower()))
+
+
+def run(cmd: str, env: dict[str, str], cwd: Path, **placeholders: str) -> str:
+    """Run a documented command with bash, the doc's placeholders replaced; its output (must exit 0)."""
+    for name, value in placeholders.items():
+        cmd = re.sub(rf"\b{name}\b", lambda _m, v=value: v, cmd)  # type: ignore[misc]
+    env = {**env, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", cmd], env=env, cwd=cwd, capture_output=True, text=True,
+                       timeout=600, check=False)
+    assert r.returncode == 0, f"`{cmd}` exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
+    return r.stdout + r.stderr
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def wait(what: str, check: Callable[[], bool], timeout: float = 180, detail: Callable[[], str] = lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}\n{detail()}")
+
+
+def su_sql(statement: str, params: tuple[Any, ...] = (), db: str = "postgres") -> list[tuple[Any, ...]]:
+    with psycopg.connect(**SU, dbname=db, autocommit=True) as c:
+        cur = c.execute(statement, params)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
+
+
+def slot_of(p: Pipeline) -> str:
+    return debezium.slot_name(load_config(p.config_path).connectors[0])
+
+
+def slot_row(p: Pipeline) -> tuple[Any, ...] | None:
+    rows = su_sql("SELECT active, restart_lsn FROM pg_replication_slots WHERE slot_name = %s", (slot_of(p),))
+    return rows[0] if rows else None
+
+
+def current_lsn() -> int:
+    """The WAL write position, as ``pg_current_wal_lsn()`` in the doc's query and in ``lag_bytes``."""
+    return int(su_sql("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint")[0][0])
+
+
+def written_lsn() -> int:
+    """The write position once everything inserted so far is written (the stack runs with
+    synchronous_commit=off, so a commit returns before its WAL is written)."""
+    inserted = int(su_sql("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint")[0][0])
+    wait("the WAL written", lambda: current_lsn() >= inserted, timeout=60)
+    return current_lsn()
+
+
+def lag_bytes(status_output: str) -> int:
+    m = re.search(r"slot \S+: active=\w+ lag_bytes=(\d+)", status_output)
+    assert m, f"no slot line in:\n{status_output}"
+    return int(m.group(1))
+
+
+def task_states(name: str) -> list[str]:
+    return [str(t.get("state")) for t in ConnectClient().status(name).tasks]
+
+
+def connector_state(name: str) -> str:
+    return ConnectClient().status(name).state
+
+
+def streaming(p: Pipeline) -> bool:
+    row = slot_row(p)
+    return connector_state(p.connector) == "RUNNING" and task_states(p.connector) == ["RUNNING"] \
+        and row is not None and bool(row[0])
+
+
+def delete_heartbeat_topic(connector: str) -> None:
+    """Debezium's ``__debezium-heartbeat.<prefix>`` topic, which the harness's clean-up leaves."""
+    delete_topics(lambda t: t == f"__debezium-heartbeat.{connector}")
+
+
+@contextlib.contextmanager
+def runbook_pipeline(tmp: Path, require: Callable[[str], dict[str, Any]],
+                     tables: list[dict[str, Any]]) -> Iterator[Pipeline]:
+    """tests/e2e/harness.py's pipeline (removed afterwards), its heartbeat topic removed too."""
+    for svc in ("kafka", "connect"):
+        require(svc)
+    name = ""
+    try:
+        with pipeline(tmp, require("postgres"), require("elasticsearch"), require("embeddings"), tables) as p:
+            name = p.connector
+            yield p
+    finally:
+        if name:
+            with contextlib.suppress(Exception):
+                delete_heartbeat_topic(name)
+
+
+def connector_only(tmp: Path, require: Callable[[str], dict[str, Any]]) -> contextlib.AbstractContextManager[Pipeline]:
+    """A source database with a captured ``orders`` table and its connector (no worker)."""
+    return runbook_pipeline(tmp, require, [{"name": "public.orders", "profile": "index_only"}])
+
+
+def start_connector(p: Pipeline) -> None:
+    p.sql("INSERT INTO orders (id, customer, amount) VALUES (1, 'acme', 19.99), (2, 'globex', 5.00)")
+    p.apply()
+    ConnectClient().wait_state(p.connector, timeout=120)
+    wait("the connector streaming", lambda: streaming(p))
+
+
+# --- Connector or task FAILED ------------------------------------------------------------------
+def test_connector_or_task_failed(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> None:
+    entry = "Connector or task FAILED"
+    check = doc_command(entry, "Check", "cdcstream connectors status")
+    with connector_only(tmp_path, require) as p:
+        start_connector(p)
+        client = ConnectClient()
+
+        # Cause 1: the publication dropped while the connector was stopped (a clean-up gone wrong).
+        client.stop(p.connector)
+        client.wait_state(p.connector, ("STOPPED",), tasks=False, timeout=120)
+        p.sql(f"DROP PUBLICATION {debezium.publication_name(load_config(p.config_path).connectors[0])}")
+        client.resume(p.connector)
+        wait("the task FAILED", lambda: task_states(p.connector) == ["FAILED"])
+        out = run(check, p.env, tmp_path, NAME=p.connector)
+        assert "task 0: FAILED" in out, out
+        reason = "Publication autocreation is disabled, please create one and restart the connector"
+        assert reason in out and any(reason in s for s in doc_text(entry, "Fix")), out
+        # Fix, as the doc prints it for this reason: apply re-creates the publication, then restart.
+        out = run(doc_command(entry, "Fix", "cdcstream connectors apply"), p.env, tmp_path)
+        assert "created publication" in out, out
+        run(doc_command(entry, "Fix", "cdcstream connectors restart"), p.env, tmp_path, NAME=p.connector)
+        wait("the connector streaming again", lambda: streaming(p))
+        out = run(check, p.env, tmp_path, NAME=p.connector)
+        assert "task 0: RUNNING" in out and "FAILED" not in out, out
+        p.sql("INSERT INTO orders (id, customer, amount) VALUES (3, 'initech', 1.00)")
+        wait("row 3 in Kafka", lambda: {1, 2, 3} <= captured_ids(p.topic("orders")))
+
+        # Cause 2: the replication slot dropped while the connector was stopped; a row written meanwhile.
+        client.stop(p.connector)
+        client.wait_state(p.connector, ("STOPPED",), tasks=False, timeout=120)
+        wait("the slot released", lambda: slot_row(p) is not None and not slot_row(p)[0])  # type: ignore[index]
+        su_sql("SELECT pg_drop_replication_slot(%s)", (slot_of(p),))
+        p.sql("INSERT INTO orders (id, customer, amount) VALUES (4, 'umbrella', 2.00)")
+        client.resume(p.connector)
+        wait("the task FAILED", lambda: task_states(p.connector) == ["FAILED"])
+        out = run(check, p.env, tmp_path, NAME=p.connector)
+        assert "task 0: FAILED" in out and "but this is no longer available on the server" in out, out
+        # A restart cannot help here: the position is gone.
+        run(doc_command(entry, "Fix", "cdcstream connectors restart"), p.env, tmp_path, NAME=p.connector)
+        wait("the restarted task FAILED again", lambda: task_states(p.connector) == ["FAILED"])
+        # Fix, as printed: a new snapshot.
+        out = run(doc_command(entry, "Fix", "cdcstream connectors delete"), p.env, tmp_path, NAME=p.connector)
+        assert "offsets reset" in out and "dropped publication" in out, out
+        out = run(doc_command(entry, "Fix", "cdcstream connectors apply"), p.env, tmp_path)
+        assert f"created connector {p.connector}" in out, out
+        wait("the connector streaming", lambda: streaming(p))
+        out = run(check, p.env, tmp_path, NAME=p.connector)
+        assert "task 0: RUNNING" in out and "FAILED" not in out, out
+        # Nothing lost: the snapshot brings every row, the one written while no slot existed too.
+        wait("rows 1-4 in Kafka", lambda: {1, 2, 3, 4} <= captured_ids(p.topic("orders")))
+
+
+# --- Task RUNNING but not streaming ------------------------------------------------------------
+def test_task_running_but_not_streaming(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> None:
+    entry = "Task RUNNING but not streaming"
+    check = doc_command(entry, "Check", "cdcstream connectors status")
+    with connector_only(tmp_path, require) as p:
+        start_connector(p)
+        log_from = CONNECT_LOG.stat().st_size if CONNECT_LOG.exists() else 0
+        # Cause: the role's password changed in the database (a DBA rotated it); the connector's
+        # session ends (as on a database restart) and it must log in again.
+        new_password = uuid.uuid4().hex
+        su_sql(f"ALTER ROLE \"{p.role}\" PASSWORD '{new_password}'")
+        su_sql("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s",
+               (slot_of(p),))
+        p.password = new_password  # the harness's own queries log in as the role
+        wait("the slot inactive", lambda: slot_row(p) is not None and not slot_row(p)[0])  # type: ignore[index]
+        # The symptom: Connect keeps saying RUNNING.
+        assert connector_state(p.connector) == "RUNNING" and task_states(p.connector) == ["RUNNING"]
+        out = run(check, p.env, tmp_path, NAME=p.connector)
+        assert "task 0: RUNNING" in out and "slot: could not check:" in out, out
+        assert f'password authentication failed for user "{p.role}"' in out, out
+        logged = doc_command(entry, "Check", "WorkerSourceTask{id=NAME-0}").replace("NAME", p.connector)
+
+        def in_log() -> bool:
+            with CONNECT_LOG.open("rb") as f:
+                f.seek(log_from)
+                return logged.encode() in f.read()
+
+        wait("the retry in the Connect log", in_log, timeout=120)
+        # Fix, as printed: the new value where the password reference points, then apply.
+        os.environ[f"E2E_PG_PASSWORD_{p.tag}"] = p.env[f"E2E_PG_PASSWORD_{p.tag}"] = new_password
+        out = run(doc_command(entry, "Fix", "cdcstream connectors apply"), p.env, tmp_path)
+        assert f"updated connector {p.connector}" in out, out
+        wait("the connector streaming again", lambda: streaming(p))
+        out = run(check, p.env, tmp_path, NAME=p.connector)
+        assert re.search(r"slot \S+: active=True", out), out
+        p.sql("INSERT INTO orders (id, customer, amount) VALUES (3, 'initech', 1.00)")
+        wait("row 3 in Kafka", lambda: {1, 2, 3} <= captured_ids(p.topic("orders")))
+
+        # Cause 2: the REPLICATION privilege revoked; the connector must log in again.
+        su_sql(f'ALTER ROLE "{p.role}" NOREPLICATION')
+        su_sql("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s",
+               (slot_of(p),))
+        wait("the slot inactive", lambda: slot_row(p) is not None and not slot_row(p)[0])  # type: ignore[index]
+        p.sql("INSERT INTO orders (id, customer, amount) VALUES (4, 'umbrella', 2.00)")
+        assert connector_state(p.connector) == "RUNNING" and task_states(p.connector) == ["RUNNING"]
+        out = run(check, p.env, tmp_path, NAME=p.connector)
+        assert "task 0: RUNNING" in out and re.search(r"slot \S+: active=False lag_bytes=\d+", out), out
+        # Fix, as printed: grant it back; the task's next retry picks it up, no restart.
+        grant = doc_command(entry, "Fix", "ALTER ROLE ... WITH REPLICATION").replace("...", f'"{p.role}"')
+        su_sql(grant)
+        wait("the connector streaming again", lambda: streaming(p))
+        wait("row 4 in Kafka", lambda: {1, 2, 3, 4} <= captured_ids(p.topic("orders")))
+
+
+# --- Replication slot holding WAL ---------------------------------------------------------------
+def test_replication_slot_holding_wal(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> None:
+    entry = "Replication slot holding WAL"
+    check = doc_command(entry, "Check", "cdcstream connectors status")
+    query = doc_command(entry, "Check", "SELECT slot_name, active, pg_wal_lsn_diff")
+
+    def sql_lag() -> tuple[bool, int]:
+        rows = {r[0]: (bool(r[1]), int(r[2])) for r in su_sql(query.rstrip(";"))}
+        return rows[slot_of(p)]
+
+    def write_wal(first_id: int) -> None:
+        # ~4 MB of WAL: 4,000 rows of 1 kB.
+        p.sql("INSERT INTO orders (id, customer, amount) SELECT g, repeat('x', 1000), 1 "
+              "FROM generate_series(%s::int, %s::int) g", (first_id, first_id + 3999))
+
+    with connector_only(tmp_path, require) as p:
+        start_connector(p)
+        # Cause 1: a paused connector while the source keeps writing.
+        ConnectClient().pause(p.connector)
+        ConnectClient().wait_state(p.connector, ("PAUSED",), timeout=120)
+        paused_at = current_lsn()  # the slot cannot move past this while paused
+        write_wal(1000)
+        floor = written_lsn() - paused_at
+        out = run(check, p.env, tmp_path, NAME=p.connector)
+        first = lag_bytes(out)
+        assert first >= floor >= 3_000_000, out
+        _active, lag = sql_lag()
+        assert lag >= floor
+        write_wal(10_000)
+        written_lsn()
+        second = lag_bytes(run(check, p.env, tmp_path, NAME=p.connector))
+        assert second > first, (first, second)  # growing
+        # Fix, as printed: resume; the slot moves past where it stood while paused.
+        run(doc_command(entry, "Fix", "cdcstream connectors resume"), p.env, tmp_path, NAME=p.connector)
+
+        def released() -> bool:
+            before = current_lsn()
+            out = run(check, p.env, tmp_path, NAME=p.connector)
+            # lag < (LSN now - LSN at pause) means restart_lsn is past the pause point.
+            return "active=True" in out and lag_bytes(out) < before - paused_at
+
+        wait("the slot advancing after resume", released)
+        wait("every row written while paused in Kafka",
+             lambda: set(range(1000, 5000)) | set(range(10_000, 14_000)) <= captured_ids(p.topic("orders")))
+
+        # Cause 2: the connector deleted without --drop-slot: its slot stays, inactive.
+        r = subprocess.run([sys.executable, "-m", "cdcstream.cli", "connectors", "delete", p.connector], env=p.env,
+                           cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+        assert "the replication slot stay" in r.stdout
+        wait("the slot inactive", lambda: not sql_lag()[0])
+        write_wal(20_000)
+        written_lsn()
+        out = run(check, p.env, tmp_path, NAME=p.connector)
+        assert f"{p.connector}: not created" in out and re.search(r"slot \S+: active=False", out), out
+        assert lag_bytes(out) >= 3_000_000, out  # nothing consumes the slot: the WAL since stays
+        assert sql_lag()[0] is False and sql_lag()[1] >= 3_000_000
+        # Fix, as printed.
+        out = run(doc_command(entry, "Fix", "cdcstream connectors delete"), p.env, tmp_path, NAME=p.connector)
+        assert f"dropped replication slot {slot_of(p)}" in out, out
+        assert slot_of(p) not in {r[0] for r in su_sql(query.rstrip(";"))}
+        out = run(check, p.env, tmp_path, NAME=p.connector)
+        assert "slot" not in out.replace(p.connector, ""), out
+
+
+# --- DLQ growing --------------------------------------------------------------------------------
+ARTICLE_TABLES = [
+    {"name": "public.articles", "profile": "full", "text_columns": ["title", "body"]},
+    {"name": "public.orders", "profile": "index_only"},
+]
+
+
+def worker_env(p: Pipeline) -> dict[str, str]:
+    """What the doc's commands need: the worker URL and the token header, as docs/api.md sets them."""
+    return {**p.env, "W": f"http://127.0.0.1:{p.web_port}", "CDCSTREAM_TOKEN_VALUE": TOKEN,
+            "AUTH": f"Authorization: Bearer {TOKEN}"}
+
+
+def start_worker(p: Pipeline) -> None:
+    """The harness's worker, logging at info: a stuck start shows its recovery in worker.log."""
+    log = (p.tmp / "worker.log").open("ab")
+    p.worker = subprocess.Popen([sys.executable, "-m", "cdcstream.cli", "worker", "--loglevel", "info"], env=p.env,
+                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+
+
+def restart_worker(p: Pipeline, **env: str) -> None:
+    p.kill_worker(signal.SIGTERM)
+    p.env.update(env)
+    start_worker(p)
+    p.wait("the worker API", lambda: isinstance(p.api("/api/tables")["tables"], list), timeout=180)
+
+
+def chunk_parents(p: Pipeline) -> set[str]:
+    return {str(c["parent_id"]) for c in p.docs("articles", chunks=True).values()}
+
+
+def test_dlq_growing(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> None:
+    entry = "DLQ growing"
+    check = doc_command(entry, "Check", 'curl -s "$W/api/dlq')
+    check_tables = doc_command(entry, "Check", "curl -s $W/api/tables")
+    replay = doc_command(entry, "Fix", 'curl -s -X POST -H "$AUTH" $W/api/dlq/replay')
+    with runbook_pipeline(tmp_path, require, ARTICLE_TABLES) as p:
+        tag = p.tag
+        p.sql("INSERT INTO articles (id, title, body) VALUES (1, %s, %s), (2, %s, %s)",
+              (f"Slots {tag}", f"Run {tag}: a replication slot keeps WAL until its consumer confirms it.",
+               f"Pasta {tag}", f"Run {tag}: boil water, add salt, cook the noodles for ten minutes."))
+        p.sql("INSERT INTO orders (id, customer, amount) VALUES (1, 'acme', 19.99)")
+        # Cause 1 (config): a full-profile table on a worker without embeddings.
+        p.env.update({"CDCSTREAM_EMBED_URL": "", "CDCSTREAM_API_TOKEN": "env:RUNBOOK_API_TOKEN",
+                      "RUNBOOK_API_TOKEN": TOKEN})
+        p.apply()
+        start_worker(p)
+        p.wait("the order indexed", lambda: set(p.docs("orders")) == {"1"}, timeout=240)
+        # Cause 2 (poison): bytes that are no Debezium record, written to a captured topic.
+        asyncio.run(_produce(p.topic("orders"), b'{"id": 99}', b"{this is not a change event"))
+        env = worker_env(p)
+
+        def dlq() -> dict[str, Any]:
+            return dict(json.loads(run(check, env, tmp_path)))
+
+        p.wait("three dead letters", lambda: len(dlq()["records"]) == 3)
+        # The check, as printed, shows each record with its reason and origin.
+        records = dlq()["records"]
+        config = [r for r in records if r["topic"] == p.topic("articles")]
+        poison = [r for r in records if r["topic"] == p.topic("orders")]
+        assert len(config) == 2 and len(poison) == 1, records
+        for r in config:
+            assert "no embeddings are configured (set embed_url)" in r["reason"], r
+            assert r["reason"].startswith("process: ") and isinstance(r["offset"], int)
+        assert poison[0]["reason"].startswith("decode: ") and poison[0]["value"] == "{this is not a change event"
+        tables = {t["name"].rsplit(".", 1)[-1]: t for t in json.loads(run(check_tables, env, tmp_path))["tables"]}
+        assert tables["articles"]["dlq"] == 2 and tables["orders"]["dlq"] == 1
+        assert set(p.docs("orders")) == {"1"}  # the stream went on past the dead letters
+        # Fix, as printed for `process:` reasons: set embed_url, restart the worker, replay those records.
+        restart_worker(p, CDCSTREAM_EMBED_URL=p.embed["base_url"].replace("http://", "openai://"))
+        env = worker_env(p)
+        out = run(replay, env, tmp_path, DLQ_OFFSETS=", ".join(str(r["dlq_offset"]) for r in config))
+        assert sorted(x["dlq_offset"] for x in json.loads(out)["replayed"]) == sorted(r["dlq_offset"] for r in config)
+        p.wait("the replayed articles embedded and indexed",
+               lambda: chunk_parents(p) == {"1", "2"} and set(p.docs("articles")) == {"1", "2"}, timeout=240)
+        # Cleared: new changes of the table flow, and the DLQ stops growing.
+        p.sql("INSERT INTO articles (id, title, body) VALUES (3, %s, %s)",
+              (f"Kafka {tag}", f"Run {tag}: Kafka Connect restarts failed tasks on request."))
+        p.wait("article 3 embedded", lambda: "3" in chunk_parents(p), timeout=240)
+        assert len(dlq()["records"]) == 3
+        # And what the doc says of `decode:` reasons: a replay only dead-letters them again.
+        out = run(replay, env, tmp_path, DLQ_OFFSETS=str(poison[0]["dlq_offset"]))
+        assert len(json.loads(out)["replayed"]) == 1
+        p.wait("the poison dead-lettered again", lambda: len(dlq()["records"]) == 4)
+        again = dlq()["records"][-1]
+        assert again["reason"].startswith("decode: ") and again["value"] == poison[0]["value"]
+
+
+async def _produce(topic: str, key: bytes, value: bytes) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    prod = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9092")
+    await prod.start()
+    try:
+        await prod.send_and_wait(topic, key=key, value=value, partition=0)
+    finally:
+        await prod.stop()
+
+
+# --- Elasticsearch mapping conflict -------------------------------------------------------------
+def doc_pattern(span: str, **placeholders: str) -> re.Pattern[str]:
+    """A documented message as a pattern: ``...`` matches anything, placeholders their values."""
+    pattern = re.escape(span).replace(re.escape("..."), ".*?")
+    for name, value in placeholders.items():
+        pattern = re.sub(rf"\b{name}\b", lambda _m, v=value: re.escape(v), pattern)  # type: ignore[misc]
+    return re.compile(pattern)
+
+
+def test_elasticsearch_mapping_conflict(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> None:
+    entry = "Elasticsearch mapping conflict"
+    check = doc_command(entry, "Check", 'curl -s "$W/api/dlq')
+    reason = doc_command(entry, "Check", "Elasticsearch refused index of ALIAS/ID")
+    es = require("elasticsearch")
+    with runbook_pipeline(tmp_path, require, [{"name": "public.orders", "profile": "index_only"}]) as p:
+        alias = p.alias("orders")
+        p.sql("ALTER TABLE orders ADD COLUMN qty INT")
+        p.sql("INSERT INTO orders (id, customer, amount, qty) VALUES (1, 'acme', 1, 1), (2, 'globex', 2, 2)")
+        p.apply()
+        start_worker(p)
+        p.wait("the rows indexed", lambda: set(p.docs("orders")) == {"1", "2"}, timeout=240)
+        assert p.es("GET", f"/{alias}/_mapping/field/qty")  # mapped from the column's type: long
+        # Cause: the column changes type; the next change of a row no longer fits the mapping.
+        p.sql("ALTER TABLE orders ALTER COLUMN qty TYPE TEXT")
+        p.sql("UPDATE orders SET qty = 'a dozen' WHERE id = 2")
+        env = {**worker_env(p), "ES": es["url"].rstrip("/")}
+
+        def records() -> list[dict[str, Any]]:
+            return list(json.loads(run(check, env, tmp_path))["records"])
+
+        p.wait("the update dead-lettered", lambda: len(records()) == 1)
+        # The check, as printed: the reason the doc quotes, for this alias and row.
+        assert doc_pattern(reason, ALIAS=alias, ID="2").search(records()[0]["reason"]), records()
+        assert "failed to parse field [qty] of type [long]" in records()[0]["reason"]
+        assert p.docs("orders")["2"]["qty"] == 2  # the mirror still has the old value
+        # Fix, as printed: stop the worker, delete the index behind the alias, start, snapshot the table.
+        p.kill_worker(signal.SIGTERM)
+        named = json.loads(run(doc_command(entry, "Fix", "curl -s $ES/_alias/ALIAS"), env, tmp_path, ALIAS=alias))
+        assert list(named) == [f"{alias}-000001"], named
+        out = run(doc_command(entry, "Fix", "curl -s -X DELETE $ES/INDEX"), env, tmp_path, INDEX=f"{alias}-000001")
+        assert json.loads(out) == {"acknowledged": True}, out
+        start_worker(p)
+        p.wait("the worker API", lambda: isinstance(p.api("/api/tables")["tables"], list), timeout=180)
+        out = run(doc_command(entry, "Fix", "cdcstream connectors snapshot NAME TABLE"), p.env, tmp_path,
+                  NAME=p.connector, TABLE="public.orders")
+        assert "snapshot signal" in out, out
+        p.wait("every row indexed with its current values",
+               lambda: {k: d.get("qty") for k, d in p.docs("orders").items()} == {"1": "1", "2": "a dozen"},
+               timeout=240)
+        mapping = p.es("GET", f"/{alias}/_mapping/field/qty")
+        assert "long" not in json.dumps(mapping), mapping  # the fresh index maps the column as text
+        # Cleared: new changes index, nothing more is dead-lettered.
+        p.sql("UPDATE orders SET qty = 'two dozen' WHERE id = 1")
+        p.wait("the next change indexed", lambda: p.docs("orders")["1"].get("qty") == "two dozen")
+        assert len(records()) == 1
+
+
+# --- Embedding 429s -----------------------------------------------------------------------------
+@dataclass
+class PrivateEmbeddings:
+    """A private instance of the stack's embeddings server (cdcstream/stack/embedserver.py): its
+    counters and rate limit are this test's alone, the shared server on :8000 is never touched."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict[str, int]:
+        return dict(requests.get(f"{self.url}/stats", timeout=10).json())
+
+    def limit(self, rpm: int) -> None:
+        """Set the requests-per-minute limit; also empties the server's one-minute window."""
+        r = requests.post(f"{self.url}/admin/limits", json={"rpm": rpm}, timeout=10)
+        assert r.status_code == 200 and r.json()["rpm_limit"] == rpm, r.text
+
+
+@contextlib.contextmanager
+def private_embeddings(tmp: Path) -> Iterator[PrivateEmbeddings]:
+    from cdcstream.stack.base import StackPaths
+    from cdcstream.stack.services.embeddings import EmbeddingsService
+
+    svc = EmbeddingsService(StackPaths())
+    port = free_port()
+    # The stack's own command line, on another port and one thread (the machine is shared).
+    cmd = svc.command()
+    cmd[cmd.index("--port") + 1] = str(port)
+    cmd[cmd.index("--threads") + 1] = "1"
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    with (tmp / "embeddings.log").open("ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+    server = PrivateEmbeddings(port, proc)
+    try:
+        wait("the private embeddings server", lambda: proc.poll() is None and requests.get(
+            f"{server.url}/health", timeout=5).status_code == 200, timeout=120,
+             detail=lambda: (tmp / "embeddings.log").read_text(errors="replace")[-2000:])
+        yield server
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+
+
+def article_body(tag: str, n: int, words: int = 220) -> str:
+    """Text unique to this run and row (no embedding-cache hit), about 1.2 cl100k tokens per word."""
+    return " ".join(f"{tag}r{n}w{i}" if i % 7 == 0 else ("slot", "stream", "offset", "replica", "index", "shard",
+                                                         "vector")[i % 7] for i in range(words))
+
+
+def test_embedding_429s(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> None:
+    from cdcstream.tokens import get_encoding
+
+    entry = "Embedding 429s"
+    stats_check = doc_command(entry, "Check", "curl -s http://127.0.0.1:8000/stats")
+    log_line = doc_command(entry, "Check", "embeddings: rate limited (HTTP 429")
+    log_prefix = log_line.split(",")[0]  # "embeddings: rate limited (HTTP 429"
+    fix_text = " ".join(doc_text(entry, "Fix"))
+    assert "CDCSTREAM_EMBED_TOKENS_PER_MINUTE" in fix_text and "CDCSTREAM_EMBED_CONCURRENCY" in fix_text
+    rpm = 4  # the "tier": requests per minute the API accepts
+    with private_embeddings(tmp_path) as api, runbook_pipeline(
+            tmp_path, require, [{"name": "public.articles", "profile": "full", "text_columns": ["body"]}]) as p:
+        tag = p.tag
+        enc = get_encoding("cl100k_base")
+        min_tokens = min(len(enc.encode(article_body(tag, n))) for n in range(20))
+        stats_cmd = stats_check.replace("127.0.0.1:8000", f"127.0.0.1:{api.port}")
+        p.env["CDCSTREAM_EMBED_URL"] = f"openai://127.0.0.1:{api.port}/v1"
+        p.sql("INSERT INTO articles (id, title, body) VALUES (0, 'first', %s)", (article_body(tag, 0),))
+        p.apply()
+        start_worker(p)
+        p.wait("the first article embedded", lambda: chunk_parents(p) == {"0"}, timeout=240)
+
+        def one_by_one(ids: range) -> None:
+            # One row per batch, hence one embedding request per row: the load a limit is about.
+            for n in ids:
+                p.sql("INSERT INTO articles (id, title, body) VALUES (%s, 't', %s)", (n, article_body(tag, n)))
+                p.wait(f"article {n} embedded", lambda n=n: str(n) in chunk_parents(p), timeout=300)  # type: ignore[misc]
+
+        # Cause: more requests in a minute than the API allows (rpm + 1 rows, one request each).
+        api.limit(rpm)
+        before = json.loads(run(stats_cmd, p.env, tmp_path))
+        one_by_one(range(1, rpm + 2))
+        # The check, as printed: the server's counter and the worker's log line.
+        after = json.loads(run(stats_cmd, p.env, tmp_path))
+        assert after["rejected_429"] > before["rejected_429"], after
+        assert log_prefix in (p.tmp / "worker.log").read_text(errors="replace"), p.worker_log()
+        # Nothing lost while rate limited: every row made it (waited in Kafka, retried after Retry-After).
+        assert chunk_parents(p) == {str(n) for n in range(rpm + 2)}
+
+        # Fix, as printed: a tokens-per-minute budget and lower concurrency, worker restarted. Within any
+        # minute the budget lets at most 2 x the setting through, so requests of >= min_tokens stay at most
+        # 2 x setting / min_tokens = 3 a minute, under the API's 4 (the doc's R x T / 2 bound, with a margin).
+        budget = (rpm - 1) * min_tokens // 2
+        restart_worker(p, CDCSTREAM_EMBED_TOKENS_PER_MINUTE=str(budget), CDCSTREAM_EMBED_CONCURRENCY="1")
+        api.limit(rpm)  # a fresh minute
+        rejected = json.loads(run(stats_cmd, p.env, tmp_path))["rejected_429"]
+        log_size = len((p.tmp / "worker.log").read_bytes())
+        one_by_one(range(100, 100 + rpm + 1))  # the same load that was refused above
+        final = json.loads(run(stats_cmd, p.env, tmp_path))
+        assert final["rejected_429"] == rejected, final  # no 429 any more...
+        assert log_prefix.encode() not in (p.tmp / "worker.log").read_bytes()[log_size:]
+        # ...and every row, from before and after the fix, is embedded and indexed.
+        want = {str(n) for n in range(rpm + 2)} | {str(n) for n in range(100, 100 + rpm + 1)}
+        assert chunk_parents(p) == want and set(p.docs("articles")) == want
+        tables = {t["name"].rsplit(".", 1)[-1]: t for t in p.api("/api/tables")["tables"]}
+        assert tables["articles"]["dlq"] == 0
+
+
+# --- Vault lease expired ------------------------------------------------------------------------
+@pytest.fixture
+def vault_src(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> Iterator[DynamicSource]:
+    for svc in ("kafka", "connect"):
+        require(svc)
+    name = ""
+    try:
+        with dynamic_source(tmp_path, require("postgres"), require("vault")) as s:
+            name = s.connector
+            yield s
+    finally:
+        if name:
+            with contextlib.suppress(Exception):
+                delete_heartbeat_topic(name)
+
+
+def test_vault_lease_expired(vault_src: DynamicSource, tmp_path: Path) -> None:
+    entry = "Vault lease expired"
+    s = vault_src
+    check = doc_command(entry, "Check", "cdcstream credentials status")
+    fix = doc_command(entry, "Fix", "cdcstream credentials rotate NAME")
+    env = {**os.environ, **s.env}
+    r = s.cli("connectors", "apply")
+    assert r.returncode == 0, r.stderr + r.stdout
+    ConnectClient().wait_state(s.connector, timeout=120)
+    wait("the connector streaming", lambda: s.slot_user() == s.lease()["username"])
+    out = run(check, env, tmp_path)
+    assert "login=ok" in out, out
+    first = s.lease()
+    s.sql("INSERT INTO public.items VALUES (1, 'before')")
+    # Cause: Vault revokes the lease (as when it expires, or with the token that created it): the
+    # revocation statements end the connector's session and drop its database user.
+    s.vault.sys.revoke_lease(first["lease_id"])
+    wait("the user dropped", lambda: not s.role_exists(first["username"]))
+    s.sql("INSERT INTO public.items VALUES (2, 'while the lease is gone')")
+    # The check, as printed, sees it (the lease file alone still looks fine: expires_in > 0).
+    out = run(check, env, tmp_path)
+    assert f"user={first['username']}" in out, out
+    assert f'login=failed: password authentication failed for user "{first["username"]}"' in out, out
+    assert ConnectClient().status(s.connector).state == "RUNNING"  # Connect alone would not tell
+    assert s.password() not in out
+    # Fix, as printed.
+    out = run(fix, env, tmp_path, NAME=s.connector)
+    assert "credentials rotated" in out, out
+    lease = s.lease()
+    assert lease["username"] != first["username"] and s.slot_user() == lease["username"]
+    out = run(check, env, tmp_path)
+    assert f"user={lease['username']}" in out and "login=ok" in out, out
+    s.sql("INSERT INTO public.items VALUES (3, 'after the rotation')")
+    # Nothing lost: the change made while the connector could not log in arrives too.
+    wait("rows 1-3 in Kafka", lambda: {1, 2, 3} <= captured_ids(s.topic))
