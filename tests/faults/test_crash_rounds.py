@@ -8,6 +8,7 @@ five rounds of every point plus five random kills.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable
@@ -55,6 +56,9 @@ def _crash_round(f: FaultPipeline, point: str | None, rng: random.Random, n: int
 def test_crash_points_and_random_kills_leave_no_drift(tmp_path: Path, require: Callable[[str], dict[str, Any]],
                                                      full_size: bool) -> None:
     changes, rounds = (50_000, 5) if full_size else (1_500, 1)
+    # In between, for a quick deeper run: CDCSTREAM_FAULT_CHANGES=10000 CDCSTREAM_FAULT_ROUNDS=2.
+    changes = int(os.environ.get("CDCSTREAM_FAULT_CHANGES", changes))
+    rounds = int(os.environ.get("CDCSTREAM_FAULT_ROUNDS", rounds))
     schedule: list[str | None] = [pt for _ in range(rounds) for pt in [*POINTS, None]]
     with fault_pipeline(tmp_path, require, seed=20261126) as f:
         p = f.pg
