@@ -420,13 +420,12 @@ class Verifier:
             raise VerifyError("profile full needs the chunker settings (embed_url, chunk_tokens)")
 
     # The mirror as key -> row, whichever sink holds it.
-    def _mirror_rows(self, ids: list[str] | None) -> dict[str, dict[str, Any]]:
+    # The mirror's rows for some keys, whichever sink holds it (full checks stream digests instead).
+    def _mirror_rows(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         if self.profile is ProcessingProfile.ARCHIVE:
             rows = self._replayed().rows
-            return rows if ids is None else {i: rows[i] for i in ids if i in rows}
+            return {i: rows[i] for i in ids if i in rows}
         assert self.es is not None
-        if ids is None:
-            return dict(self.es.scan(self.es.alias))
         return self.es.get_many(ids)
 
     def _mirror_digests(self, cols: list[tuple[str, Kind]]) -> dict[str, bytes]:

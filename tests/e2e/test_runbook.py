@@ -19,7 +19,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from cdcstream.config import load_config
 from cdcstream.kconnect import ConnectClient
 from tests.e2e.harness import Pipeline, free_port, pipeline
 from tests.e2e.vault_env import DynamicSource, captured_ids, delete_topics, dynamic_source
+from tests.integration.lifecycle_support import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -105,13 +105,7 @@ def run(cmd: str, env: dict[str, str], cwd: Path, **placeholders: str) -> str:
 
 # --- helpers -----------------------------------------------------------------------------------
 def wait(what: str, check: Callable[[], bool], timeout: float = 180, detail: Callable[[], str] = lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if check():
-                return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}\n{detail()}")
+    wait_until(what, check, timeout, detail)
 
 
 def su_sql(statement: str, params: tuple[Any, ...] = (), db: str = "postgres") -> list[tuple[Any, ...]]:

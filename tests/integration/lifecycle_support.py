@@ -137,14 +137,15 @@ def remove_connector(client: ConnectClient, name: str) -> None:
         client.delete(name)
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 60.0,
+               detail: Callable[[], str] = lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
             if check():
                 return
         time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}\n{detail()}".rstrip())
 
 
 # --- PostgreSQL ----------------------------------------------------------------------
