@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import faust
 
 if TYPE_CHECKING:
-    from cdcstream.app import Pipeline
+    from cdcstream.runtime.context import Pipeline
 
 
 def register(app: faust.App, pipe: Pipeline) -> None:

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 
-from cdcstream.decode import DecodeError, decode
-from cdcstream.events import ChangeEvent, KafkaOrigin
-from cdcstream.faults import crash_point
+from cdcstream.core.events import ChangeEvent, KafkaOrigin
+from cdcstream.core.faults import crash_point
+from cdcstream.pipeline.decode import DecodeError, decode
 
 if TYPE_CHECKING:
-    from cdcstream.app import Pipeline
-    from cdcstream.branch import Outcome
+    from cdcstream.pipeline.processor import Outcome
+    from cdcstream.runtime.context import Pipeline
 
 log = logging.getLogger("cdcstream.changes")
 
@@ -169,7 +169,7 @@ def apply_outcome(pipe: Pipeline, stream: Any, batch: list[Any], out: Outcome) -
 
 
 async def _one_by_one(pipe: Pipeline, decoded: list[ChangeEvent | None], dlq: list[tuple[int, str]]) -> Outcome:
-    from cdcstream.branch import Outcome
+    from cdcstream.pipeline.processor import Outcome
 
     assert pipe.processor is not None
     total = Outcome()

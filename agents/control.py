@@ -11,23 +11,19 @@ pointed at an empty index); ``-> archive`` keeps the row index unless ``drop_ind
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 import faust
 
-from cdcstream.config import ProcessingProfile
+from cdcstream.core.config import ProcessingProfile
+from cdcstream.runtime.control import HEARTBEAT_S
 
 if TYPE_CHECKING:
-    from cdcstream.app import Pipeline
+    from cdcstream.runtime.context import Pipeline
 
 log = logging.getLogger("cdcstream.control")
-
-HEARTBEAT_S = 1.0
-LIVE_WITHIN_S = 8.0
-
 
 def register(app: faust.App, pipe: Pipeline) -> None:
     @app.agent(pipe.control_topic, name="cdcstream.control")
@@ -77,19 +73,3 @@ async def _leave(pipe: Pipeline, table_key: str, old: ProcessingProfile, new: Pr
             log.warning("profile change: dropped %s", alias)
 
 
-async def request_profile(pipe: Pipeline, table_key: str, profile: ProcessingProfile, *, drop_index: bool = False,
-                          timeout: float = 60.0) -> dict[str, Any]:
-    """Send a profile change and wait until every live worker applied it."""
-    version = time.time_ns()
-    await pipe.control_topic.send(key=table_key.encode(), value={
-        "type": "set_profile", "table": table_key, "profile": profile.value, "version": version,
-        "drop_index": drop_index})
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        now = time.time()
-        live = {w: v for w, v in pipe.tables.workers.items() if v and now - float(v.get("ts", 0)) < LIVE_WITHIN_S}
-        if live and all(int(v.get("applied", 0)) >= version for v in live.values()):
-            return {"table": table_key, "profile": profile.value, "version": version, "workers": sorted(live)}
-        await asyncio.sleep(0.2)
-    raise TimeoutError(f"profile change of {table_key} to {profile.value} not applied by every live worker "
-                       f"within {timeout:.0f}s")

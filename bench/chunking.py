@@ -1,6 +1,6 @@
 """Chunking speed and embedding-request fill.
 
-* ``chunking`` (CPU only, no stack): ``cdcstream.chunking.Chunker`` tokens/s vs tiktoken's
+* ``chunking`` (CPU only, no stack): ``cdcstream.pipeline.chunking.Chunker`` tokens/s vs tiktoken's
   ``encode_ordinary`` alone on the same texts (articles assembled from this repository's
   docs/*.md paragraphs). Both count the same tokens; the ratio is chunker rate / encode rate.
 * ``request-fill``: a backlog of ``full``-profile rows (Debezium create events preloaded
@@ -61,9 +61,9 @@ class Chunking:
 
     @staticmethod
     def run(size: str, events: int | None = None) -> dict[str, Any]:
-        from cdcstream.chunking import Chunker
-        from cdcstream.settings import Settings
-        from cdcstream.tokens import get_encoding
+        from cdcstream.core.settings import Settings
+        from cdcstream.pipeline.chunking import Chunker
+        from cdcstream.pipeline.tokens import get_encoding
 
         n = events or (2000 if size == "full" else 100)
         runs = 5 if size == "full" else 1
@@ -247,9 +247,9 @@ class RequestFill:
 
     @staticmethod
     def run(size: str, events: int | None = None) -> dict[str, Any]:
-        from cdcstream.chunking import Chunker
-        from cdcstream.settings import Settings
-        from cdcstream.tokens import get_encoding
+        from cdcstream.core.settings import Settings
+        from cdcstream.pipeline.chunking import Chunker
+        from cdcstream.pipeline.tokens import get_encoding
 
         rows = events or (600 if size == "full" else 40)
         st = common.stack()
@@ -388,7 +388,7 @@ class RequestFill:
 
 
 def _cleanup_fill(prefix: str, es: Es, app_id: str, hashes: set[str], st: dict[str, Any]) -> None:
-    from cdcstream.branch import EMBED_CACHE_INDEX, cache_key
+    from cdcstream.pipeline.processor import EMBED_CACHE_INDEX, cache_key
 
     # This run's vectors in the shared embedding cache, by exact id.
     model, dims = st["embeddings"]["model"], int(st["embeddings"]["dimensions"])

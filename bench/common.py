@@ -6,7 +6,7 @@
 * ``preload``: a fresh topic named like a Debezium topic, filled before anything consumes.
 * ``WorkerProc``: the real worker (``python -m cdcstream.cli worker``) on such a topic.
   The worker subscribes to every topic of its config that exists in Kafka
-  (``cdcstream/app.py: create_app``), so no connector has to exist: the config only has to
+  (``cdcstream/runtime/app.py: create_app``), so no connector has to exist: the config only has to
   name a connector whose ``topic_prefix`` is the preloaded topic's prefix.
 * Clean-up by exact name: topics, indices, consumer groups, objects.
 """
@@ -506,11 +506,12 @@ PROFILE_BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("start-up (imports)", ("<frozen importlib",)),
     ("Kafka producer (row-state changelog, stats)", ("aiokafka/producer", "faust/transport/producer",
                                                      "faust/tables/base.py", "faust/tables/table.py")),
-    ("Debezium decode (json.loads + schema conversion)", ("cdcstream/decode.py",)),
+    ("Debezium decode (json.loads + schema conversion)", ("cdcstream/pipeline/decode.py",)),
     ("row documents", ("cdcstream/sinks/documents.py",)),
     ("Elasticsearch client (bulk body, HTTP)", ("elasticsearch/", "elastic_transport/")),
     ("archive (JSON lines, gzip, S3 client)", ("cdcstream/sinks/archive.py", "boto", "gzip.py")),
-    ("routing, row state, branch", ("cdcstream/route.py", "cdcstream/branch.py", "cdcstream/events.py")),
+    ("routing, row state, branch", ("cdcstream/core/route.py", "cdcstream/pipeline/processor.py",
+                                    "cdcstream/core/events.py")),
     ("Faust table stores (RocksDB)", ("faust/stores",)),
     ("Kafka consumer (fetch, unpack)", ("aiokafka/consumer", "aiokafka/record", "faust/transport/consumer",
                                         "faust/transport/conductor")),

@@ -20,10 +20,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from cdcstream.chunking import Chunker
-from cdcstream.decode import decode
-from cdcstream.settings import Settings
-from cdcstream.tokens import get_encoding
+from cdcstream.core.settings import Settings
+from cdcstream.pipeline.chunking import Chunker
+from cdcstream.pipeline.decode import decode
+from cdcstream.pipeline.tokens import get_encoding
 
 WORDS = ("replication slot publication snapshot offset partition mirror chunk vector index alias "
          "connector worker topic schema column table row update delete insert").split()

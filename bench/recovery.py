@@ -110,10 +110,10 @@ class Run:
     def snapshot(self) -> dict[str, Any]:
         import asyncio
 
-        from cdcstream.config import load_config
-        from cdcstream.kconnect import ConnectClient
-        from cdcstream.lifecycle import apply
-        from cdcstream.secrets import Resolver
+        from cdcstream.core.config import load_config
+        from cdcstream.core.resolver import Resolver
+        from cdcstream.ops.kconnect import ConnectClient
+        from cdcstream.ops.lifecycle import apply
 
         # The worker is up and subscribed before the snapshot starts, so its start-up is not
         # counted against its rate: the topic is created first, as Connect would create it.
@@ -201,10 +201,11 @@ class Run:
                 "all_changes_visible_s": round(done, 2), "worker_rss_mb": _rss_mb(self.worker.proc.pid)}
 
     def cleanup(self) -> None:
-        from cdcstream.config import load_config
-        from cdcstream.kconnect import ConnectClient
-        from cdcstream.lifecycle import drop_slot_and_publication, resolve_credentials
-        from cdcstream.secrets import Resolver
+        from cdcstream.core.config import load_config
+        from cdcstream.core.resolver import Resolver
+        from cdcstream.ops.credentials import resolve_credentials
+        from cdcstream.ops.kconnect import ConnectClient
+        from cdcstream.ops.lifecycle import drop_slot_and_publication
 
         if self.worker is not None:
             self.worker.stop()

@@ -14,139 +14,14 @@ may cut objects at other offsets, so an event can then be in two objects.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import gzip
-import json
 import os
 import tempfile
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from cdcstream.events import ChangeEvent
-from cdcstream.sinks.documents import change_record
-
-
-@dataclass(slots=True)
-class ArchiveObject:
-    name: str
-    body: bytes
-    topic: str
-    partition: int
-    first_offset: int
-    last_offset: int
-    records: int
-
-
-@dataclass
-class _Buffer:
-    lines: list[bytes] = field(default_factory=list)
-    size: int = 0
-    first: int = -1
-    last: int = -1
-    day: str = ""
-    prefix: str = ""
-    opened_at: float = 0.0
-
-
-class ArchiveBuffer:
-    """Buffers per topic-partition and cuts objects at record-determined boundaries."""
-
-    def __init__(self, max_records: int = 5000, max_bytes: int = 8 << 20, remember_keys: int = 50_000) -> None:
-        self.max_records = max_records
-        self.max_bytes = max_bytes
-        self.remember_keys = remember_keys
-        self._buf: dict[tuple[str, int], _Buffer] = {}
-        # Per partition, the newest (version, op) archived or buffered per key, most recent last.
-        self._seen: dict[tuple[str, int], OrderedDict[str, tuple[int, str]]] = {}
-
-    def duplicate(self, ev: ChangeEvent) -> bool:
-        """True for an event already archived by source position: Debezium delivers at least
-        once, and after a Connect or broker restart re-sends what it produced since its last
-        offset flush, under new Kafka offsets. Within a partition a key's changes arrive in
-        source order, so anything not newer than the last one seen is such a re-send.
-
-        Remembered per partition for the last ``remember_keys`` keys (a re-send covers at
-        most Connect's offset-flush interval) and forgotten with the partition's buffer, so
-        a replay after a revoke or a crash is never mistaken for one.
-        """
-        assert ev.origin is not None
-        seen = self._seen.setdefault((ev.origin.topic, ev.origin.partition), OrderedDict())
-        key = ev.doc_id
-        mark = (ev.position.version, ev.op.value)
-        last = seen.get(key)
-        if last is not None and (mark[0] < last[0] or mark == last):
-            return True
-        seen[key] = mark
-        seen.move_to_end(key)
-        if len(seen) > self.remember_keys:
-            seen.popitem(last=False)
-        return False
-
-    @staticmethod
-    def _day(ev: ChangeEvent) -> str:
-        return dt.datetime.fromtimestamp((ev.ts_source_ms or ev.ts_event_ms) / 1000, dt.UTC).strftime("%Y-%m-%d")
-
-    def add(self, ev: ChangeEvent, now: float = 0.0) -> list[ArchiveObject]:
-        """Buffer ``ev``; return the objects its arrival completed (at most two)."""
-        assert ev.origin is not None, "archived events need their Kafka origin"
-        tp = (ev.origin.topic, ev.origin.partition)
-        out: list[ArchiveObject] = []
-        day = self._day(ev)
-        b = self._buf.get(tp)
-        if b is not None and b.lines and b.day != day:
-            out.append(self._cut(tp))
-            b = None
-        if b is None:
-            b = self._buf[tp] = _Buffer(day=day, prefix=f"{ev.table.connector}/{ev.table.short}", opened_at=now)
-        line = json.dumps(change_record(ev), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-        if not b.lines:
-            b.first = ev.origin.offset
-            b.opened_at = now
-        b.lines.append(line)
-        b.size += len(line)
-        b.last = ev.origin.offset
-        if len(b.lines) >= self.max_records or b.size >= self.max_bytes:
-            out.append(self._cut(tp))
-        return out
-
-    def _cut(self, tp: tuple[str, int]) -> ArchiveObject:
-        b = self._buf.pop(tp)
-        name = f"{b.prefix}/dt={b.day}/{tp[1]:04d}-{b.first:020d}-{b.last:020d}.jsonl.gz"
-        # mtime=0 and no file name in the header: identical input gives identical bytes.
-        body = gzip.compress(b"".join(b.lines), compresslevel=6, mtime=0)
-        return ArchiveObject(name, body, tp[0], tp[1], b.first, b.last, len(b.lines))
-
-    def expire(self, now: float, max_wait_s: float) -> list[ArchiveObject]:
-        """Opt-in wall-clock flush of buffers older than ``max_wait_s`` (weaker replay guarantee)."""
-        old = [tp for tp, b in self._buf.items() if b.lines and now - b.opened_at >= max_wait_s]
-        return [self._cut(tp) for tp in old]
-
-    def drop_partitions(self, tps: set[tuple[str, int]]) -> None:
-        """Forget buffers of revoked partitions: their events were never acked and will be replayed."""
-        for tp in list(self._buf):
-            if tp in tps:
-                del self._buf[tp]
-        for tp in list(self._seen):
-            if tp in tps:
-                del self._seen[tp]
-
-    def pending(self) -> dict[tuple[str, int], int]:
-        """First buffered offset per topic-partition (not yet durable)."""
-        return {tp: b.first for tp, b in self._buf.items() if b.lines}
-
-
-class ArchiveStore(Protocol):
-    url: str
-
-    async def put(self, obj: ArchiveObject) -> None: ...
-
-    async def list(self, prefix: str = "") -> list[str]: ...
-
-    async def get(self, name: str) -> bytes: ...
+from cdcstream.sinks.base import ArchiveObject, ArchiveStore
 
 
 class FileStore:

@@ -12,7 +12,7 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from cdcstream.events import ChangeEvent
+from cdcstream.core.events import ChangeEvent
 
 # Metadata kept on every mirrored document (verification, debugging, freshness).
 META = "_cdc"

@@ -24,10 +24,11 @@ import psycopg
 import requests
 from psycopg import sql
 
-from cdcstream.config import load_config
-from cdcstream.kconnect import ConnectClient
-from cdcstream.lifecycle import apply, drop_slot_and_publication, resolve_credentials
-from cdcstream.secrets import Resolver
+from cdcstream.core.config import load_config
+from cdcstream.core.resolver import Resolver
+from cdcstream.ops.credentials import resolve_credentials
+from cdcstream.ops.kconnect import ConnectClient
+from cdcstream.ops.lifecycle import apply, drop_slot_and_publication
 
 ROOT = Path(__file__).resolve().parents[2]
 

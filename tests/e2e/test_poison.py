@@ -94,7 +94,7 @@ def test_numeric_65_30_stays_exact_end_to_end(pipe: Pipeline) -> None:
 
 def test_a_5_mb_text_value_is_mirrored_whole_and_the_stream_goes_on(pipe: Pipeline) -> None:
     # Kafka, Connect's producer and the worker's fetches allow 16 MB records (cdcstream/stack,
-    # cdcstream/debezium.py, cdcstream/app.py); the default 1 MB would stall the connector.
+    # cdcstream/ops/debezium.py, cdcstream/runtime/app.py); the default 1 MB would stall the connector.
     p = pipe
     big = ("0123456789abcdef" * 65_536 * 5)[: 5 * 1024 * 1024]
     p.sql("INSERT INTO orders VALUES (4, %s, 1, 'new', now())", (big,))

@@ -29,9 +29,9 @@ import psycopg
 import pytest
 import requests
 
-from cdcstream import debezium
-from cdcstream.config import load_config
-from cdcstream.kconnect import ConnectClient
+from cdcstream.core.config import load_config
+from cdcstream.ops import debezium
+from cdcstream.ops.kconnect import ConnectClient
 from tests.e2e.harness import Pipeline, free_port, pipeline
 from tests.e2e.vault_env import DynamicSource, captured_ids, delete_topics, dynamic_source
 from tests.integration.lifecycle_support import wait_until
@@ -576,7 +576,7 @@ def article_body(tag: str, n: int, words: int = 220) -> str:
 
 
 def test_embedding_429s(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> None:
-    from cdcstream.tokens import get_encoding
+    from cdcstream.pipeline.tokens import get_encoding
 
     entry = "Embedding 429s"
     stats_check = doc_command(entry, "Check", "curl -s http://127.0.0.1:8000/stats")

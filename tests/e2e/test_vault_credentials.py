@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cdcstream.kconnect import ConnectClient
+from cdcstream.ops.kconnect import ConnectClient
 from tests.e2e.vault_env import DynamicSource, captured_ids, dynamic_source, read_topics
 
 pytestmark = pytest.mark.e2e

@@ -30,9 +30,9 @@ import hvac
 import psycopg
 from psycopg import sql
 
-from cdcstream import debezium
-from cdcstream.config import load_config
-from cdcstream.kconnect import ConnectClient
+from cdcstream.core.config import load_config
+from cdcstream.ops import debezium
+from cdcstream.ops.kconnect import ConnectClient
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdcstream.kconnect import ConnectClient
+from cdcstream.ops.kconnect import ConnectClient
 from tests.e2e.harness import ROOT, Pipeline, pipeline
 from tests.integration.lifecycle_support import MARIADB_GRANTS, MariaSource, delete_topics, remove_connector
 

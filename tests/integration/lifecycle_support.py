@@ -25,8 +25,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from click.testing import CliRunner, Result
 from psycopg import sql
 
-from cdcstream.cli import main
-from cdcstream.kconnect import ConnectClient, ConnectError
+from cdcstream.cli.main import main
+from cdcstream.ops.kconnect import ConnectClient, ConnectError
 
 BOOTSTRAP = "127.0.0.1:9092"
 

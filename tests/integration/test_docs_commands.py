@@ -28,7 +28,7 @@ from typing import Any
 import click
 import pytest
 
-from cdcstream.cli import main
+from cdcstream.cli.main import main
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -379,7 +379,7 @@ def _vault_cleanup(tag: str, connector: str) -> None:
     import hvac
     import psycopg
 
-    from cdcstream.kconnect import ConnectClient
+    from cdcstream.ops.kconnect import ConnectClient
 
     client = ConnectClient()
     with contextlib.suppress(Exception):

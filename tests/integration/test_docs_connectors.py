@@ -24,8 +24,8 @@ import psycopg
 import pymysql
 import pytest
 
-from cdcstream.cli import fields_markdown
-from cdcstream.kconnect import ConnectClient
+from cdcstream.cli.main import fields_markdown
+from cdcstream.ops.kconnect import ConnectClient
 from tests.integration.lifecycle_support import consume, delete_topics, remove_connector, rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from cdcstream import debezium
-from cdcstream.config import ConnectorSpec
-from cdcstream.kconnect import ConnectClient
+from cdcstream.core.config import ConnectorSpec
+from cdcstream.ops import debezium
+from cdcstream.ops.kconnect import ConnectClient
 from tests.integration.lifecycle_support import (
     BOOTSTRAP,
     MariaSource,
@@ -84,10 +84,10 @@ def test_plan_apply_insert_arrives_then_delete_drop_slot(src: MariaSource, clien
     assert created["source"]["connector"] == "mariadb" and created["source"]["table"] == "items"
 
     counted = ConnectClient()
-    import cdcstream.cli
+    import cdcstream.cli.main
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cdcstream.cli, "_client", lambda: counted)
+        mp.setattr(cdcstream.cli.main, "_client", lambda: counted)
         r = src.cli("connectors", "apply")
     assert "nothing to do" in r.stdout and counted.writes == 0, output(r)
 

@@ -22,8 +22,8 @@ from typing import Any
 import psycopg
 import pytest
 
-import cdcstream.cli
-from cdcstream.kconnect import ConnectClient
+import cdcstream.cli.main
+from cdcstream.ops.kconnect import ConnectClient
 from tests.e2e.harness import free_port
 from tests.integration.lifecycle_support import (
     PgSource,
@@ -98,7 +98,7 @@ def test_apply_twice_sends_nothing_the_second_time(src: PgSource, client: Connec
 
     # The CLI's own client, so its write counter is the one that talked to Connect.
     counted = ConnectClient()
-    monkeypatch.setattr(cdcstream.cli, "_client", lambda: counted)
+    monkeypatch.setattr(cdcstream.cli.main, "_client", lambda: counted)
     out = _apply(src)
     assert "nothing to do" in out, out
     assert counted.writes == 0
@@ -385,7 +385,7 @@ def test_plan_shows_profile_drift_or_says_it_could_not_check(src: PgSource) -> N
     r = src.cli("connectors", "plan")
     assert "profiles: could not check live profiles: worker API http://127.0.0.1:1 did not answer" in r.stdout
 
-    # The worker's GET /api/tables as served by cdcstream.web: an operator switched items to archive.
+    # The worker's GET /api/tables as served by cdcstream.web.views: an operator switched items to archive.
     _FakeWorker.tables = [
         {"table": f"{src.name}/{src.db}/public/items", "profile": "archive"},
         {"table": f"{src.name}/{src.db}/public/docs", "profile": "full"},

@@ -1,4 +1,4 @@
-"""cdcstream.vault.VaultClient against the stack's Vault: every auth method we can run here, KV v1/v2
+"""cdcstream.core.vault.VaultClient against the stack's Vault: every auth method we can run here, KV v1/v2
 references in both forms, token renewal, and errors that name the reference but never the value.
 
 Each test makes its own policy, roles and mounts under a random tag and removes them.
@@ -20,10 +20,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
 
-from cdcstream.config import DatabaseConnection
-from cdcstream.secrets import Resolver, SecretError, SecretRef
-from cdcstream.settings import Settings, make_resolver
-from cdcstream.vault import VaultAuth, VaultClient, VaultSettings
+from cdcstream.core.config import DatabaseConnection
+from cdcstream.core.resolver import Resolver, make_resolver
+from cdcstream.core.secrets import SecretError, SecretRef
+from cdcstream.core.settings import Settings
+from cdcstream.core.vault import VaultAuth, VaultClient, VaultSettings
 
 pytestmark = pytest.mark.integration
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cdcstream.config import ProcessingProfile
-from cdcstream.metrics import _esc
-from cdcstream.search import RangeFilter, SearchInputError, filter_clauses, parse_request, rrf
-from cdcstream.web import HttpError, bearer, parse_json_object, parse_profile_change, parse_replay
+from cdcstream.core.config import ProcessingProfile
+from cdcstream.web.metrics import _esc
+from cdcstream.web.search import RangeFilter, SearchInputError, filter_clauses, parse_request, rrf
+from cdcstream.web.views import HttpError, bearer, parse_json_object, parse_profile_change, parse_replay
 
 
 # --- RRF ---------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ def _snapshot() -> dict[str, object]:
 
 
 def test_status_page_escapes_and_draws_the_chart() -> None:
-    from cdcstream.webpages import render_status
+    from cdcstream.web.pages import render_status
 
     page = render_status(_snapshot())  # type: ignore[arg-type]
     assert "<script>" not in page and "c.public.t&lt;script&gt;" in page
@@ -166,7 +166,7 @@ def test_status_page_escapes_and_draws_the_chart() -> None:
 
 
 def test_metrics_render() -> None:
-    from cdcstream.metrics import render
+    from cdcstream.web.metrics import render
 
     text = render(_snapshot())  # type: ignore[arg-type]
     assert 'cdcstream_events_total{op="r",table="c.public.t<script>"} 1' in text

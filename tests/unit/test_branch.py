@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cdcstream.branch import BatchProcessor
-from cdcstream.config import Config, ProcessingProfile
-from cdcstream.decode import decode
-from cdcstream.events import ChangeEvent, KafkaOrigin
-from cdcstream.route import Router, RowState
-from cdcstream.sinks.archive import ArchiveObject
+from cdcstream.core.config import Config, ProcessingProfile
+from cdcstream.core.events import ChangeEvent, KafkaOrigin
+from cdcstream.core.route import Router, RowState
+from cdcstream.pipeline.decode import decode
+from cdcstream.pipeline.processor import BatchProcessor
+from cdcstream.sinks.base import ArchiveObject
 from cdcstream.sinks.elasticsearch import BulkResult, IndexOp
 from tests.fixturedata import raw
 

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from cdcstream.chunking import Chunker
-from cdcstream.embeddings import Embedder, EmbeddingError
-from cdcstream.events import ChangeEvent, KafkaOrigin, Op, SnapshotMarker, SourcePosition, TableId
-from cdcstream.sinks.archive import ArchiveBuffer
-from cdcstream.tokens import get_encoding
+from cdcstream.core.events import ChangeEvent, KafkaOrigin, Op, SnapshotMarker, SourcePosition, TableId
+from cdcstream.pipeline.archive import ArchiveBuffer
+from cdcstream.pipeline.chunking import Chunker
+from cdcstream.pipeline.embeddings import Embedder, EmbeddingError
+from cdcstream.pipeline.tokens import get_encoding
 
 PARAS = [f"Paragraph {i}: " + " ".join(f"word{i}_{j}" for j in range(30 + i % 7)) for i in range(40)]
 

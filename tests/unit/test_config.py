@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from cdcstream.config import ConfigError, ProcessingProfile, load_config
-from cdcstream.events import TableId
+from cdcstream.core.config import ConfigError, ProcessingProfile, load_config
+from cdcstream.core.events import TableId
 
 GOOD = """\
 connectors:

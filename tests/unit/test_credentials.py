@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from cdcstream import debezium
-from cdcstream.config import ConfigError, load_config
-from cdcstream.kconnect import mask_config
-from cdcstream.lifecycle import Credentials
-from cdcstream.rotation import CredentialStore, config_credentials, placeholders
-from cdcstream.secrets import SecretRef
+from cdcstream.core.config import ConfigError, load_config
+from cdcstream.core.secrets import SecretRef
+from cdcstream.ops import debezium
+from cdcstream.ops.credentials import Credentials, CredentialStore, config_credentials, placeholders
+from cdcstream.ops.kconnect import mask_config
 
 BASE = """connectors:
   - name: orders

@@ -9,8 +9,8 @@ from decimal import Decimal
 
 import pytest
 
-from cdcstream.decode import DecodeError, convert, decode
-from cdcstream.events import KafkaOrigin, Op, SnapshotMarker, SourcePosition, TableId, doc_id
+from cdcstream.core.events import KafkaOrigin, Op, SnapshotMarker, SourcePosition, TableId, doc_id
+from cdcstream.pipeline.decode import DecodeError, convert, decode
 from tests.fixturedata import all_names, raw
 
 

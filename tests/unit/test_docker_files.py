@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
-from cdcstream.settings import Settings
+from cdcstream.core.settings import Settings
 from cdcstream.stack.base import StackPaths
 from cdcstream.stack.services import SERVICES
 

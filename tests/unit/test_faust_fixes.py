@@ -1,4 +1,4 @@
-"""cdcstream/faust_fixes.py: Faust's consumer across a rebalance and the seek that ends recovery.
+"""cdcstream/runtime/consumer.py: Faust's consumer across a rebalance and the seek that ends recovery.
 
 Found by the scale-out benchmark: with two workers of one app, the rebalance when the
 second joined lost events (the group committed every partition to its end, documents
@@ -17,7 +17,7 @@ from aiokafka.structs import TopicPartition
 from faust.types import TP
 from faust.types.tuples import Message
 
-from cdcstream import faust_fixes
+from cdcstream.runtime import consumer as faust_fixes
 
 TOPIC = "shop.public.orders"
 P0, P1 = TP(TOPIC, 0), TP(TOPIC, 1)

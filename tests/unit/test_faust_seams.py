@@ -92,7 +92,7 @@ def test_regression_stats_increments_not_lost_while_the_table_lags() -> None:
     (index_ops 22,616 for 47,352 events under load). The worker now keeps what it wrote."""
     from types import SimpleNamespace
 
-    from cdcstream.app import Pipeline
+    from cdcstream.runtime.context import Pipeline
 
     lagging: dict[str, dict[str, int]] = {}  # a table whose writes have not come back yet
 

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from cdcstream.secrets import Resolver, SecretError, SecretRef
+from cdcstream.core.resolver import Resolver
+from cdcstream.core.secrets import SecretError, SecretRef
 
 
 def test_forms_parse() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cdcstream.settings import Settings, settings_markdown
+from cdcstream.core.settings import Settings, settings_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 

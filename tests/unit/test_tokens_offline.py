@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from cdcstream.tokens import EncodingUnavailable, get_encoding
+from cdcstream.pipeline.tokens import EncodingUnavailable, get_encoding
 
 PROBE = textwrap.dedent(
     """
@@ -19,7 +19,7 @@ PROBE = textwrap.dedent(
         socket.create_connection(("127.0.0.1", 9), timeout=1)
     except OSError as e:
         assert e.errno in (101, 111), e  # unreachable (no interfaces) or refused would both be local
-    from cdcstream.tokens import get_encoding
+    from cdcstream.pipeline.tokens import get_encoding
     enc = get_encoding("cl100k_base")
     ids = enc.encode("Change data capture, mirrored.")
     print(len(ids), ids[:3])

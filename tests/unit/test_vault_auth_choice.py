@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdcstream.vault import VaultAuth, VaultClient, VaultSettings
+from cdcstream.core.vault import VaultAuth, VaultClient, VaultSettings
 
 
 def test_vault_token_env_does_not_override_the_configured_method(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cdcstream.config import Config
-from cdcstream.verify import ArchiveReplay, VerifyError, canonical, find_route, row_digest
+from cdcstream.core.config import Config
+from cdcstream.ops.verify import ArchiveReplay, VerifyError, canonical, find_route, row_digest
 
 
 @pytest.mark.parametrize(("kind", "source", "mirror"), [

@@ -1,0 +1,3 @@
+from cdcstream.cli.main import main
+
+main()

@@ -1,0 +1,99 @@
+"""Route each decoded event: which table config and profile, is it stale, fill TOAST gaps.
+
+Per-row state lives in a Faust table keyed by ``row_key``; this module only reads and
+computes it (``RowState``), the agent writes it while the event is current.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cdcstream.core.config import Config, ConnectorSpec, ConnectorTableConfig, ProcessingProfile
+from cdcstream.core.events import ChangeEvent, TableId
+
+# PostgreSQL moves values out of line once a row passes ~2 kB (TOAST_TUPLE_THRESHOLD);
+# only such values can come back as the unavailable placeholder, so only they are kept.
+TOAST_MIN_BYTES = 1800
+DELETE_MARKER_RETENTION_MS = 7 * 24 * 3600 * 1000
+
+
+def row_key(table: TableId, doc_id: str) -> str:
+    return f"{table.key}|{doc_id}"
+
+
+@dataclass
+class RowState:
+    version: int = -1
+    deleted: bool = False
+    deleted_at_ms: int = 0
+    chunks: dict[str, list[str]] = field(default_factory=dict)  # text column -> chunk hashes in order
+    toast: dict[str, Any] = field(default_factory=dict)  # last values of TOAST-able columns
+
+    def dump(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"v": self.version}
+        if self.deleted:
+            out["d"] = self.deleted_at_ms
+        if self.chunks:
+            out["c"] = self.chunks
+        if self.toast:
+            out["x"] = self.toast
+        return out
+
+    @classmethod
+    def load(cls, raw: dict[str, Any] | None) -> RowState | None:
+        if raw is None:
+            return None
+        return cls(int(raw["v"]), "d" in raw, int(raw.get("d", 0)), dict(raw.get("c", {})), dict(raw.get("x", {})))
+
+    def expired_marker(self, now_ms: int, retention_ms: int = DELETE_MARKER_RETENTION_MS) -> bool:
+        return self.deleted and now_ms - self.deleted_at_ms > retention_ms
+
+
+@dataclass(frozen=True)
+class Route:
+    connector: ConnectorSpec
+    table: ConnectorTableConfig
+    table_id: TableId
+
+    @property
+    def alias(self) -> str:
+        if self.table.index:
+            return self.table.index
+        t = self.table_id
+        return f"{t.connector}-{t.schema}-{t.table}".lower().replace("_", "-")
+
+    @property
+    def chunks_alias(self) -> str:
+        return f"{self.alias}-chunks"
+
+
+class Router:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.by_key: dict[str, Route] = {}
+        for c, t in config.tables():
+            tid = c.table_id(t)
+            self.by_key[tid.key] = Route(c, t, tid)
+        self.topics = config.topic_map()
+
+    def route(self, table: TableId) -> Route | None:
+        return self.by_key.get(table.key)
+
+    def default_profile(self, table: TableId) -> ProcessingProfile:
+        r = self.by_key.get(table.key)
+        return r.table.profile if r else ProcessingProfile.INDEX_ONLY
+
+
+def is_stale(ev: ChangeEvent, state: RowState | None, now_ms: int | None = None) -> bool:
+    """True when ``ev`` is not newer than what was applied (replays, reordering)."""
+    if state is None:
+        return False
+    if state.deleted and state.expired_marker(now_ms if now_ms is not None else int(time.time() * 1000)):
+        return False
+    return ev.position.version <= state.version
+
+
+def keep_toast(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if isinstance(v, (str, bytes)) and len(v) >= TOAST_MIN_BYTES}

@@ -1,0 +1,173 @@
+"""Worker settings: every one typed, defaulted, documented, and read from ``CDCSTREAM_<NAME>``.
+
+``docs/settings.md`` is generated from this class (``cdcstream settings --markdown``).
+Backends are chosen by URL scheme: ``es://`` / ``ess://`` (Elasticsearch over http/https),
+``s3://`` / ``file://`` (archive), ``openai://`` / ``openais://`` (embeddings).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cdcstream.core.secrets import SecretRef
+
+
+def _ref(v: Any, where: str) -> SecretRef | None:
+    return None if v in (None, "") else SecretRef.parse(v, where=where)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CDCSTREAM_", extra="forbid", frozen=True)
+
+    # --- app ----------------------------------------------------------------------------
+    app_id: str = Field("cdcstream", description="Faust app id: prefix of consumer group, internal topics and state.")
+    config: Path = Field(Path("cdcstream.yaml"), description="The connectors/tables YAML file.")
+    broker: str = Field("kafka://127.0.0.1:9092", description="Kafka bootstrap servers (kafka://host:port;...).")
+    store: str = Field("rocksdb://", description="Faust table store: rocksdb:// (durable local cache) or memory://.")
+    data_dir: Path = Field(Path(".stack/worker"), description="Where RocksDB and Faust keep local state.")
+    web_host: str = Field("127.0.0.1", description="Status pages and API bind address.")
+    web_port: int = Field(6066, description="Status pages and API port.")
+    partitions: int = Field(4, ge=1, description="Partitions of every captured topic and of the per-row tables; "
+                                                  "`cdcstream topics plan` checks they agree.")
+    replication_factor: int = Field(1, ge=1, description="Replication factor of the internal topics.")
+    batch_size: int = Field(500, ge=1, description="Events per processing batch (one bulk request per batch).")
+    batch_wait_s: float = Field(0.3, gt=0, description="Longest wait to fill a batch.")
+    session_timeout_s: float = Field(15.0, ge=6, description="Kafka consumer-group session timeout: how long a "
+                                     "killed worker's partitions wait before another worker takes them over.")
+    read_ahead: int = Field(2000, ge=1, description="Events fetched ahead of processing (Faust's stream buffer and "
+                            "records per poll). When a sink stalls, events in flight stay under 2 x read_ahead + "
+                            "batch_size (+ archive records held until their object fills); the rest waits in Kafka.")
+    connect_url: str = Field("http://127.0.0.1:8083", description="Kafka Connect REST API.")
+
+    # --- Elasticsearch ------------------------------------------------------------------
+    elasticsearch_url: str | None = Field("es://127.0.0.1:9200", description="es://host:port (http) or "
+                                          "ess://host:port (https); empty disables indexing.")
+    elasticsearch_user: Any = Field(None, description="Secret reference of the Elasticsearch user.")
+    elasticsearch_password: Any = Field(None, description="Secret reference of the Elasticsearch password.")
+    elasticsearch_api_key: Any = Field(None, description="Secret reference of an Elasticsearch API key.")
+    elasticsearch_ca: Path | None = Field(None, description="CA bundle for ess://.")
+
+    # --- archive ------------------------------------------------------------------------
+    archive_url: str | None = Field(None, description="file:///path or s3://bucket/prefix?endpoint=http://...; "
+                                                      "empty disables the archive profile.")
+    archive_access_key: Any = Field(None, description="Secret reference of the S3 access key.")
+    archive_secret_key: Any = Field(None, description="Secret reference of the S3 secret key.")
+    archive_max_records: int = Field(5000, ge=1, description="Records per archive object (a flush boundary).")
+    archive_max_bytes: int = Field(8 << 20, ge=1024, description="Uncompressed bytes per archive object.")
+    archive_max_wait_s: float | None = Field(None, description="Opt-in wall-clock flush; weakens replay "
+                                                               "determinism (see docs/profiles.md).")
+
+    # --- embeddings ---------------------------------------------------------------------
+    embed_url: str | None = Field("openai://127.0.0.1:8000/v1", description="openai://host:port/path (http) or "
+                                  "openais://... (https); empty disables the full profile.")
+    embed_api_key: Any = Field(None, description="Secret reference of the API key.")
+    embed_model: str = Field("multilingual-e5-small-q4", description="Embedding model id.")
+    embed_dimensions: int = Field(384, ge=1, description="Vector dimensions (must match the model).")
+    embed_max_input_tokens: int = Field(512, ge=16, description="The served model's per-input limit "
+                                                                "(OpenAI: 8192).")
+    embed_concurrency: int = Field(2, ge=1, description="Concurrent embedding requests per worker.")
+    embed_max_inputs: int = Field(64, ge=1, le=2048, description="Inputs per request (OpenAI allows 2048; a "
+                                  "self-hosted CPU model must answer one request within embed_timeout_s).")
+    embed_timeout_s: float = Field(120.0, gt=0, description="Timeout of one embedding request.")
+    embed_tokens_per_minute: int | None = Field(None, description="Tokens-per-minute budget (account tier).")
+    embed_send_dimensions: bool = Field(False, description="Send `dimensions` (text-embedding-3-* only).")
+    chunk_encoding: str = Field("cl100k_base", description="tiktoken encoding used to count and cut chunks.")
+    chunk_tokens: int = Field(200, ge=16, description="Tokens per chunk; capped below embed_max_input_tokens.")
+    chunk_overlap: int = Field(24, ge=0, description="Overlap of windows when one paragraph exceeds a chunk.")
+    embed_query_input_type: str | None = Field("query", description="Sent as `input_type` with search-query "
+                                               "embeddings (e5 servers then add the `query: ` prefix themselves); "
+                                               "empty for servers that reject unknown fields.")
+    embed_query_prefix: str = Field("", description="Prepended to search queries before embedding, for e5 models "
+                                                    "behind servers without `input_type` (e.g. `query: `).")
+    embed_price_per_million_tokens: float = Field(0.02, ge=0, description="Embedding price in USD per million "
+                                                  "tokens: the backfill cost estimate of the profile API.")
+
+    # --- Vault --------------------------------------------------------------------------
+    vault_addr: str | None = Field(None, description="Vault address; enables vault: secret references.")
+    vault_auth: str = Field("token", description="Vault auth method: token, approle, jwt or kubernetes.")
+    vault_token_file: Path | None = Field(None, description="File holding a Vault token (auth token; "
+                                                            "else $VAULT_TOKEN).")
+    vault_role_id: str | None = Field(None, description="AppRole role id (auth approle).")
+    vault_secret_id_file: Path | None = Field(None, description="File holding the AppRole secret id.")
+    vault_role: str | None = Field(None, description="Role for jwt/kubernetes auth.")
+    vault_jwt_file: Path | None = Field(None, description="JWT file for jwt auth (kubernetes: the service-account "
+                                                          "token by default).")
+    vault_auth_mount: str | None = Field(None, description="Auth mount path when not the method's default.")
+    vault_ca_bundle: Path | None = Field(None, description="CA bundle for Vault's TLS certificate.")
+    vault_verify: bool = Field(True, description="Verify Vault's TLS certificate (false only for a dev server).")
+    credentials_dir: Path = Field(Path(".stack/credentials"), description="Provider-mode credential files and "
+                                  "dynamic-credential lease state, one directory per connector (the Connect worker "
+                                  "must be able to read it).")
+
+    # --- security -----------------------------------------------------------------------
+    api_token: Any = Field(None, description="Secret reference of the bearer token for write endpoints.")
+    protect_reads: bool = Field(False, description="Require the token for read endpoints too.")
+    status_sample_s: float = Field(5.0, gt=0, description="Interval of the throughput/lag samples drawn on /status.")
+    status_samples: int = Field(120, ge=2, description="Samples kept per worker for the /status chart.")
+
+    @field_validator("elasticsearch_user", "elasticsearch_password", "elasticsearch_api_key", "archive_access_key",
+                     "archive_secret_key", "embed_api_key", "api_token", mode="before")
+    @classmethod
+    def _secret(cls, v: Any, info: Any) -> SecretRef | None:
+        return _ref(v, info.field_name)
+
+    @field_validator("elasticsearch_url")
+    @classmethod
+    def _es(cls, v: str | None) -> str | None:
+        if v and urlparse(v).scheme not in ("es", "ess", "http", "https"):
+            raise ValueError(f"elasticsearch_url {v!r}: scheme must be es:// or ess://")
+        return v or None
+
+    @field_validator("embed_url")
+    @classmethod
+    def _embed(cls, v: str | None) -> str | None:
+        if v and urlparse(v).scheme not in ("openai", "openais", "http", "https"):
+            raise ValueError(f"embed_url {v!r}: scheme must be openai:// or openais://")
+        return v or None
+
+    @property
+    def es_http_url(self) -> str | None:
+        if not self.elasticsearch_url:
+            return None
+        u = urlparse(self.elasticsearch_url)
+        scheme = {"es": "http", "ess": "https"}.get(u.scheme, u.scheme)
+        return f"{scheme}://{u.netloc}{u.path}"
+
+    @property
+    def embed_base_url(self) -> str | None:
+        if not self.embed_url:
+            return None
+        u = urlparse(self.embed_url)
+        scheme = {"openai": "http", "openais": "https"}.get(u.scheme, u.scheme)
+        return f"{scheme}://{u.netloc}{u.path}"
+
+    @property
+    def effective_chunk_tokens(self) -> int:
+        # cl100k counts differ from the served model's tokenizer (e5: XLM-R); keep a 40% margin.
+        return min(self.chunk_tokens, int(self.embed_max_input_tokens * 0.6))
+
+    @property
+    def effective_chunk_overlap(self) -> int:
+        return min(self.chunk_overlap, self.effective_chunk_tokens // 4)
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return ",".join(h.removeprefix("kafka://") for h in self.broker.split(";"))
+
+
+def settings_markdown() -> str:
+    lines = ["# Settings reference", "",
+             "Generated from `cdcstream/core/settings.py` by `cdcstream settings --markdown`.",
+             "Every setting is read from the environment variable shown.", "",
+             "| setting | env var | type | default | description |", "|---|---|---|---|---|"]
+    for name, f in Settings.model_fields.items():
+        typ = getattr(f.annotation, "__name__", str(f.annotation)).replace("|", "or")
+        default = "" if f.default is None else f"`{f.default}`"
+        desc = (f.description or "").replace("|", "\\|")
+        lines.append(f"| `{name}` | `CDCSTREAM_{name.upper()}` | {typ} | {default} | {desc} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,334 @@
+"""Debezium JSON (``schemas.enable=true``) records -> ``ChangeEvent``.
+
+Logical types are decoded exactly from the schema that travels with each record, so a
+NUMERIC(65,30) stays a ``Decimal`` and a MicroTimestamp keeps its microseconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any
+
+from cdcstream.core.events import (
+    ChangeEvent,
+    KafkaOrigin,
+    Op,
+    PositionOverflow,
+    SnapshotMarker,
+    SourcePosition,
+    TableId,
+)
+
+#: Debezium's default ``unavailable.value.placeholder`` (PostgreSQL unchanged TOAST values).
+UNAVAILABLE = "__debezium_unavailable_value"
+_UNAVAILABLE_B64 = base64.b64encode(UNAVAILABLE.encode()).decode()
+
+EPOCH = dt.datetime(1970, 1, 1)
+EPOCH_DATE = dt.date(1970, 1, 1)
+
+
+class DecodeError(ValueError):
+    """A record that cannot be decoded; the message says what is wrong with it."""
+
+
+# --- logical types ----------------------------------------------------------------
+def _decimal(value: Any, schema: Mapping[str, Any]) -> Decimal | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and not _looks_b64_bytes(schema):
+        return Decimal(value)  # decimal.handling.mode=string
+    if isinstance(value, (int, float)):
+        return Decimal(str(value))  # decimal.handling.mode=double
+    scale = int(schema.get("parameters", {}).get("scale", 0))
+    unscaled = int.from_bytes(base64.b64decode(value), "big", signed=True)
+    return _exact(unscaled, scale)
+
+
+def _exact(unscaled: int, scale: int) -> Decimal:
+    # Built from text, not via arithmetic: Decimal arithmetic rounds to 28 digits.
+    return Decimal(f"{unscaled}E{-scale}")
+
+
+def _looks_b64_bytes(schema: Mapping[str, Any]) -> bool:
+    return schema.get("type") == "bytes"
+
+
+def _variable_scale_decimal(value: Any, schema: Mapping[str, Any]) -> Decimal | None:
+    if value is None:
+        return None
+    unscaled = int.from_bytes(base64.b64decode(value["value"]), "big", signed=True)
+    return _exact(unscaled, int(value["scale"]))
+
+
+def _date(value: Any, schema: Mapping[str, Any]) -> dt.date | None:
+    return None if value is None else EPOCH_DATE + dt.timedelta(days=int(value))
+
+
+def _ts_ms(value: Any, schema: Mapping[str, Any]) -> dt.datetime | None:
+    return None if value is None else EPOCH + dt.timedelta(milliseconds=int(value))
+
+
+def _ts_us(value: Any, schema: Mapping[str, Any]) -> dt.datetime | None:
+    return None if value is None else EPOCH + dt.timedelta(microseconds=int(value))
+
+
+def _ts_ns(value: Any, schema: Mapping[str, Any]) -> dt.datetime | None:
+    # Python datetimes hold microseconds: nanoseconds are truncated, never rounded up.
+    return None if value is None else EPOCH + dt.timedelta(microseconds=int(value) // 1000)
+
+
+def _zoned(value: Any, schema: Mapping[str, Any]) -> dt.datetime | None:
+    if value is None:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _time_of(us: int) -> dt.time:
+    us %= 86_400_000_000  # PostgreSQL allows 24:00:00; keep it a valid time of day
+    s, us = divmod(us, 1_000_000)
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return dt.time(h, m, s, us)
+
+
+def _time_ms(value: Any, schema: Mapping[str, Any]) -> dt.time | None:
+    return None if value is None else _time_of(int(value) * 1000)
+
+
+def _time_us(value: Any, schema: Mapping[str, Any]) -> dt.time | None:
+    return None if value is None else _time_of(int(value))
+
+
+def _time_ns(value: Any, schema: Mapping[str, Any]) -> dt.time | None:
+    return None if value is None else _time_of(int(value) // 1000)
+
+
+def _zoned_time(value: Any, schema: Mapping[str, Any]) -> str | None:
+    # "HH:MM:SS.ffffff+ZZ": no Python type holds a time with an offset and no date exactly.
+    return None if value is None else str(value)
+
+
+def _json(value: Any, schema: Mapping[str, Any]) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError as e:
+        raise DecodeError(f"io.debezium.data.Json value is not JSON: {e}") from e
+
+
+def _enum_set(value: Any, schema: Mapping[str, Any]) -> list[str] | None:
+    return None if value is None else ([] if value == "" else value.split(","))
+
+
+def _bytes(value: Any, schema: Mapping[str, Any]) -> bytes | None:
+    return None if value is None else base64.b64decode(value)
+
+
+def _geometry(value: Any, schema: Mapping[str, Any]) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    out: dict[str, Any] = {"srid": value.get("srid")}
+    if value.get("wkb") is not None:
+        out["wkb"] = base64.b64decode(value["wkb"]).hex()
+    if "x" in value and "y" in value:  # io.debezium.data.geometry.Point
+        out["x"], out["y"] = value["x"], value["y"]
+    return out
+
+
+def _identity(value: Any, schema: Mapping[str, Any]) -> Any:
+    return value
+
+
+Converter = Callable[[Any, Mapping[str, Any]], Any]
+
+LOGICAL: dict[str, Converter] = {
+    "org.apache.kafka.connect.data.Decimal": _decimal,
+    "io.debezium.data.VariableScaleDecimal": _variable_scale_decimal,
+    "org.apache.kafka.connect.data.Date": _date,
+    "io.debezium.time.Date": _date,
+    "org.apache.kafka.connect.data.Timestamp": _ts_ms,
+    "io.debezium.time.Timestamp": _ts_ms,
+    "io.debezium.time.MicroTimestamp": _ts_us,
+    "io.debezium.time.NanoTimestamp": _ts_ns,
+    "io.debezium.time.ZonedTimestamp": _zoned,
+    "org.apache.kafka.connect.data.Time": _time_ms,
+    "io.debezium.time.Time": _time_ms,
+    "io.debezium.time.MicroTime": _time_us,
+    "io.debezium.time.NanoTime": _time_ns,
+    "io.debezium.time.ZonedTime": _zoned_time,
+    "io.debezium.data.Json": _json,
+    "io.debezium.data.Enum": _identity,
+    "io.debezium.data.EnumSet": _enum_set,
+    "io.debezium.data.Uuid": _identity,
+    "io.debezium.data.Xml": _identity,
+    "io.debezium.data.Bits": _bytes,
+    "io.debezium.data.geometry.Geometry": _geometry,
+    "io.debezium.data.geometry.Geography": _geometry,
+    "io.debezium.data.geometry.Point": _geometry,
+    "io.debezium.time.MicroDuration": _identity,  # int64 microseconds
+    "io.debezium.time.Interval": _identity,  # ISO-8601 string (interval.handling.mode=string)
+}
+
+
+def convert(value: Any, schema: Mapping[str, Any]) -> Any:
+    """Convert one field value using its Connect schema."""
+    name = schema.get("name")
+    if name is not None:
+        conv = LOGICAL.get(name)
+        if conv is not None:
+            return conv(value, schema)
+    if value is None:
+        return None
+    typ = schema.get("type")
+    if typ == "bytes":
+        return base64.b64decode(value)
+    if typ == "struct":
+        return convert_struct(value, schema)
+    if typ == "array":
+        item = schema.get("items", {})
+        return [convert(v, item) for v in value]
+    if typ == "map":
+        vs = schema.get("values", {})
+        return {k: convert(v, vs) for k, v in value.items()}
+    return value
+
+
+def convert_struct(value: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
+    return {f["field"]: convert(value.get(f["field"]), f) for f in schema.get("fields", ())}
+
+
+def _field_schema(envelope: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    for f in envelope.get("fields", ()):
+        if f.get("field") == name:
+            return f  # type: ignore[no-any-return]
+    return {}
+
+
+def _strip_unavailable(row: dict[str, Any], raw: Mapping[str, Any]) -> frozenset[str]:
+    gone = [k for k, v in raw.items() if v == UNAVAILABLE or v == _UNAVAILABLE_B64]
+    for k in gone:
+        row.pop(k, None)
+    return frozenset(gone)
+
+
+# --- records ----------------------------------------------------------------------
+def parse_json(raw: bytes | str | None, what: str) -> Any:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError as e:
+        raise DecodeError(f"{what} is not valid UTF-8 at byte {e.start}") from e
+    except ValueError as e:
+        raise DecodeError(f"{what} is not valid JSON: {e}") from e
+
+
+def _envelope(doc: Any, what: str) -> tuple[Mapping[str, Any], Any]:
+    if not isinstance(doc, dict) or "schema" not in doc or "payload" not in doc:
+        raise DecodeError(
+            f"{what} has no schema: the connector must use JsonConverter with "
+            f"{'key' if what == 'key' else 'value'}.converter.schemas.enable=true"
+        )
+    return doc["schema"] or {}, doc["payload"]
+
+
+def position_of(source: Mapping[str, Any], snapshot: SnapshotMarker) -> SourcePosition:
+    in_snapshot = snapshot.in_snapshot
+    if source.get("lsn") is not None:
+        return SourcePosition.postgres(int(source["lsn"]), in_snapshot)
+    if source.get("connector") == "postgresql" and source.get("sequence"):
+        # Incremental-snapshot rows carry no lsn, only sequence = [last commit LSN, LSN] of the
+        # streaming position when the chunk was read: changes committed later win over them.
+        try:
+            seq = json.loads(source["sequence"])
+            return SourcePosition.postgres(int(seq[-1]), in_snapshot)
+        except (ValueError, TypeError, IndexError) as e:
+            raise DecodeError(f"source.sequence {source['sequence']!r} is not [commit LSN, LSN]") from e
+    if source.get("file") is not None:
+        return SourcePosition.binlog(str(source["file"]), int(source.get("pos") or 0), int(source.get("row") or 0),
+                                     in_snapshot)
+    raise DecodeError("source block has neither 'lsn' (PostgreSQL) nor 'file'/'pos' (binlog): unknown connector")
+
+
+def decode(
+    key: bytes | str | None,
+    value: bytes | str | None,
+    *,
+    origin: KafkaOrigin | None = None,
+    tables: Mapping[str, TableId] | None = None,
+) -> ChangeEvent | None:
+    """Decode one record. Returns None for a tombstone (the delete before it did the work).
+
+    ``tables`` maps topic -> TableId (from the config), so the table's identity carries the
+    connector's name; without it the identity is derived from the record's source block.
+    """
+    if value is None:
+        return None
+    vschema, payload = _envelope(parse_json(value, "value"), "value")
+    if not isinstance(payload, dict):
+        raise DecodeError("value payload is not a JSON object")
+    op_raw = payload.get("op")
+    try:
+        op = Op(str(op_raw))
+    except ValueError as e:
+        raise DecodeError(f"unknown op {op_raw!r}; expected one of c, u, d, r, t, m") from e
+    if op is Op.MESSAGE:
+        return None
+    source = payload.get("source") or {}
+    snap_raw = str(source.get("snapshot") or "false")
+    try:
+        snapshot = SnapshotMarker(snap_raw)
+    except ValueError as e:
+        raise DecodeError(f"unknown source.snapshot {snap_raw!r}") from e
+    try:
+        position = position_of(source, snapshot)
+    except PositionOverflow as e:
+        raise DecodeError(str(e)) from e
+
+    table = tables.get(origin.topic) if tables is not None and origin is not None else None
+    if table is None:
+        db = str(source.get("db", ""))
+        table = TableId(str(source.get("name", "")), db, str(source.get("schema") or db), str(source.get("table", "")))
+
+    before_raw, after_raw = payload.get("before"), payload.get("after")
+    before_schema, after_schema = _field_schema(vschema, "before"), _field_schema(vschema, "after")
+    before = convert_struct(before_raw, before_schema) if before_raw is not None else None
+    after = convert_struct(after_raw, after_schema) if after_raw is not None else None
+    unavailable: frozenset[str] = frozenset()
+    if after is not None and after_raw is not None:
+        unavailable = _strip_unavailable(after, after_raw)
+    if before is not None and before_raw is not None:
+        _strip_unavailable(before, before_raw)
+
+    if op is Op.TRUNCATE:
+        key_dict: dict[str, Any] = {}
+    else:
+        kdoc = parse_json(key, "key")
+        if kdoc is None:
+            raise DecodeError(f"{op.name.lower()} event without a key: the table has no primary key and no "
+                              f"message.key.columns; set id columns for it in the config")
+        kschema, kpayload = _envelope(kdoc, "key")
+        key_dict = convert_struct(kpayload, kschema)
+    if op in (Op.CREATE, Op.UPDATE, Op.READ) and after is None:
+        raise DecodeError(f"op {op.value!r} without 'after'")
+    tx = payload.get("transaction")
+    return ChangeEvent(
+        table=table,
+        op=op,
+        key=key_dict,
+        before=before,
+        after=after,
+        position=position,
+        snapshot=snapshot,
+        ts_source_ms=int(source.get("ts_ms") or 0),
+        ts_event_ms=int(payload.get("ts_ms") or 0),
+        origin=origin,
+        unavailable=unavailable,
+        tx_id=str(tx["id"]) if isinstance(tx, dict) and tx.get("id") is not None else None,
+        row_schema=dict(after_schema or before_schema) or None,
+    )

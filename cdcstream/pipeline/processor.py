@@ -1,0 +1,368 @@
+"""Branch a batch of routed events by processing profile and write them to the sinks.
+
+``BatchProcessor.process`` is the whole per-batch data path after decoding:
+
+    archive     -> ArchiveBuffer (objects cut at record-determined boundaries) -> store
+    index_only  -> row document (external version)                             -> Elasticsearch
+    full        -> row document + chunks (tiktoken) -> embeddings (cache, then API) -> Elasticsearch
+
+It returns what the agent must do afterwards (row-state writes, stats, DLQ entries,
+which events are durable) and never writes Faust tables itself, so it runs the same in
+unit tests with dict-backed state and in the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cdcstream.core.config import ProcessingProfile
+from cdcstream.core.events import ChangeEvent, Op, SnapshotMarker
+from cdcstream.core.faults import crash_point
+from cdcstream.core.route import Route, Router, RowState, is_stale, keep_toast, row_key
+from cdcstream.pipeline.archive import ArchiveBuffer
+from cdcstream.pipeline.chunking import Chunk, Chunker
+from cdcstream.pipeline.embeddings import Embedder
+from cdcstream.sinks.base import ArchiveObject, ArchiveStore
+from cdcstream.sinks.documents import META, field_mapping, jsonable, row_document, row_mapping
+from cdcstream.sinks.elasticsearch import EsMirror, IndexOp
+
+log = logging.getLogger(__name__)
+BIG_TEXT_CHARS = 64 * 1024
+
+EMBED_CACHE_INDEX = "cdcstream-embedding-cache"
+
+Counters = dict[str, int]
+
+
+@dataclass
+class Outcome:
+    """What one batch did."""
+
+    # row key -> (new state or None to keep, index of the event that wrote it)
+    states: dict[str, tuple[RowState, int]] = field(default_factory=dict)
+    # (table key, partition) -> counter deltas
+    stats: dict[tuple[str, int], Counters] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    dlq: list[tuple[int, str]] = field(default_factory=list)  # (event index, reason)
+    # Events whose durability depends on a later archive flush (index in batch).
+    held: list[int] = field(default_factory=list)
+    # Archive objects written in this batch: (topic, partition, last offset) each.
+    flushed: list[ArchiveObject] = field(default_factory=list)
+    truncated: list[str] = field(default_factory=list)
+    last_event_ms: dict[tuple[str, int], int] = field(default_factory=dict)
+    # (table key, partition) -> {"started_ms"/"finished_ms": ts} from source.snapshot markers.
+    snapshot: dict[tuple[str, int], dict[str, int]] = field(default_factory=dict)
+
+    def count(self, ev: ChangeEvent, name: str, n: int = 1) -> None:
+        part = ev.origin.partition if ev.origin else 0
+        self.stats[(ev.table.key, part)][name] += n
+
+
+def cache_key(model: str, dims: int | None, chunk_hash: str) -> str:
+    return hashlib.sha256(f"{model}|{dims or 0}|{chunk_hash}".encode()).hexdigest()[:40]
+
+
+class BatchProcessor:
+    def __init__(self, router: Router, es: EsMirror | None, archive: ArchiveStore | None,
+                 embedder: Embedder | None, chunker: Chunker | None, *,
+                 archive_buffer: ArchiveBuffer | None = None, embed_dims: int | None = None) -> None:
+        self.router = router
+        self.es = es
+        self.archive = archive
+        self.buffer = archive_buffer or ArchiveBuffer()
+        self.embedder = embedder
+        self.chunker = chunker
+        self.embed_dims = embed_dims
+        self._vec_lru: dict[str, list[float]] = {}
+        self.archive_retries = 0
+
+    # ------------------------------------------------------------------------------------
+    async def process(self, events: list[ChangeEvent | None], profile_of: Callable[[ChangeEvent], ProcessingProfile],
+                      get_state: Callable[[str], RowState | None], now_ms: int | None = None) -> Outcome:
+        """Apply ``events`` (None entries are tombstones/ignored records) to the sinks."""
+        out = Outcome()
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        index_ops: list[IndexOp] = []
+        full_rows: list[tuple[int, ChangeEvent, Route, RowState | None]] = []
+        toast_missing: list[tuple[int, ChangeEvent, Route, RowState | None, list[IndexOp]]] = []
+        mappings: dict[str, dict[str, Any]] = {}
+        seen: dict[str, RowState | None] = {}
+
+        def state_of(rk: str) -> RowState | None:
+            if rk in seen:
+                return seen[rk]
+            return get_state(rk)
+
+        for i, ev in enumerate(events):
+            if ev is None:
+                continue
+            route = self.router.route(ev.table)
+            if route is None:
+                out.dlq.append((i, f"table {ev.table} is not in the config"))
+                continue
+            out.count(ev, f"op_{ev.op.value}")
+            tp = (ev.table.key, ev.origin.partition if ev.origin else 0)
+            out.last_event_ms[tp] = max(out.last_event_ms.get(tp, 0), ev.ts_source_ms)
+            if ev.snapshot.in_snapshot:
+                track_snapshot(out, tp, ev)
+            profile = profile_of(ev)
+            if profile is ProcessingProfile.ARCHIVE:
+                if self.buffer.duplicate(ev):
+                    out.count(ev, "duplicates")
+                    continue
+                for obj in self.buffer.add(ev, time.monotonic()):
+                    out.flushed.append(obj)
+                out.held.append(i)
+                continue
+            if ev.op is Op.TRUNCATE:
+                out.truncated.append(route.alias)
+                continue
+            rk = row_key(ev.table, ev.doc_id)
+            state = state_of(rk)
+            if is_stale(ev, state, now_ms):
+                out.count(ev, "stale")
+                continue
+            new_state = RowState(version=ev.position.version)
+            if ev.op is Op.DELETE:
+                new_state.deleted, new_state.deleted_at_ms = True, now_ms
+                index_ops.append(IndexOp("delete", route.alias, ev.doc_id, ev.position.version, ref=i))
+                if profile is ProcessingProfile.FULL and state is not None:
+                    for col, hashes in state.chunks.items():
+                        for n in range(len(hashes)):
+                            index_ops.append(IndexOp("delete", route.chunks_alias, chunk_id(ev.doc_id, col, n),
+                                                     ev.position.version, ref=i))
+            else:
+                assert ev.after is not None
+                if ev.unavailable:
+                    filled = {c: state.toast[c] for c in ev.unavailable if state and c in state.toast}
+                    ev.after.update(filled)
+                    out.count(ev, "toast_filled", len(filled))
+                    missing = [c for c in ev.unavailable if c not in filled]
+                    if missing:
+                        toast_missing.append((i, ev, route, state, []))
+                new_state.toast = keep_toast(ev.after)
+                if ev.row_schema:
+                    mappings[route.alias] = row_mapping(ev.row_schema, route.table.text_columns)
+                index_ops.append(IndexOp("index", route.alias, ev.doc_id, ev.position.version, ref=i))
+                if profile is ProcessingProfile.FULL:
+                    full_rows.append((i, ev, route, state))
+            seen[rk] = new_state
+            out.states[rk] = (new_state, i)
+
+        if self.archive is not None:
+            for obj in out.flushed:
+                await self.store(obj)
+                crash_point("after_archive_put")
+        elif out.flushed:
+            raise RuntimeError("archive profile in use but no archive store is configured (set archive_url)")
+
+        if toast_missing:
+            await self._fill_toast_from_mirror(toast_missing, out)
+        # Documents are built only now: TOAST values may have come from the mirror.
+        for op in index_ops:
+            if op.action == "index":
+                ev_i = events[op.ref]
+                assert ev_i is not None and ev_i.after is not None
+                op.doc = row_document(ev_i, ev_i.after)
+        if full_rows:
+            index_ops += await self._chunk_and_embed(full_rows, out)
+        if index_ops:
+            if self.es is None:
+                raise RuntimeError("index profiles in use but no Elasticsearch is configured (set elasticsearch_url)")
+            for alias, mapping in mappings.items():
+                await self.es.ensure_index(alias, mapping)
+            for ev_i, route, _ in ((events[i], r, s) for i, _, r, s in full_rows):
+                assert ev_i is not None
+                await self.es.ensure_index(route.chunks_alias, self._chunk_mapping(ev_i, route))
+            res = await self.es.apply(index_ops)
+            crash_point("after_bulk")
+            failed_events: set[int] = set()
+            for op, reason in res.failed:
+                if op.ref not in failed_events:
+                    failed_events.add(op.ref)
+                    out.dlq.append((op.ref, f"Elasticsearch refused {op.action} of {op.index}/{op.id}: {reason}"))
+            # A row whose document was refused keeps its old state: a fixed replay can apply it.
+            for rk, (_, i) in list(out.states.items()):
+                if i in failed_events:
+                    del out.states[rk]
+            for op in index_ops:
+                ev_i = events[op.ref]
+                assert ev_i is not None
+                out.count(ev_i, "index_ops")
+            if res.conflicts:
+                first = next(e for e in events if e is not None)
+                out.count(first, "version_conflicts", res.conflicts)
+        return out
+
+    # ------------------------------------------------------------------------------------
+    async def store(self, obj: ArchiveObject) -> None:
+        """Store one archive object, retrying until the store answers.
+
+        The object is cut from the buffer already, so the batch cannot be retried or sent to
+        the DLQ without archiving its events twice or never: an outage pauses the stream.
+        """
+        assert self.archive is not None
+        backoff = 0.5
+        while True:
+            try:
+                await self.archive.put(obj)
+                return
+            except Exception as e:  # noqa: BLE001 - any store failure: retry, the events stay unacked
+                self.archive_retries += 1
+                log.warning("archive: storing %s failed (%s: %s); retrying in %.1fs", obj.name,
+                            type(e).__name__, str(e)[:200], backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    async def _fill_toast_from_mirror(self, todo: list[tuple[int, ChangeEvent, Route, RowState | None,
+                                                             list[IndexOp]]], out: Outcome) -> None:
+        assert self.es is not None
+        by_alias: dict[str, list[ChangeEvent]] = defaultdict(list)
+        for _, ev, route, _, _ in todo:
+            by_alias[route.alias].append(ev)
+        for alias, evs in by_alias.items():
+            docs = await self.es.get_many(alias, {e.doc_id for e in evs})
+            for ev in evs:
+                assert ev.after is not None
+                doc = docs.get(ev.doc_id, {})
+                for col in ev.unavailable:
+                    if col in ev.after:
+                        continue
+                    if col in doc:
+                        ev.after[col] = doc[col]
+                        out.count(ev, "toast_from_mirror")
+                    else:
+                        # Omitted: the row document is written without the column rather than
+                        # with the placeholder; counted so operators can set REPLICA IDENTITY FULL.
+                        out.count(ev, "toast_missing")
+
+    def _chunk_mapping(self, ev: ChangeEvent, route: Route) -> dict[str, Any]:
+        row_props = {f["field"]: field_mapping(f) for f in (ev.row_schema or {}).get("fields", ())
+                     if f["field"] not in route.table.text_columns}
+        vec: dict[str, Any] = {"type": "dense_vector", "dims": self.embed_dims, "index": True,
+                               "similarity": "cosine"}
+        return {"dynamic": False, "properties": {
+            "parent_id": {"type": "keyword"}, "column": {"type": "keyword"}, "n": {"type": "integer"},
+            "text": {"type": "text"}, "hash": {"type": "keyword"}, "tokens": {"type": "integer"},
+            "embedding": vec, "row": {"properties": row_props},
+            META: {"properties": {"version": {"type": "long"}, "table": {"type": "keyword"}}},
+        }}
+
+    async def _chunk_and_embed(self, rows: list[tuple[int, ChangeEvent, Route, RowState | None]],
+                               out: Outcome) -> list[IndexOp]:
+        if self.chunker is None or self.embedder is None:
+            raise RuntimeError("profile 'full' in use but no embeddings are configured (set embed_url)")
+        assert self.es is not None
+        ops: list[IndexOp] = []
+        wanted: dict[str, tuple[Chunk, ChangeEvent]] = {}  # cache key -> first chunk needing it
+        plan: list[tuple[int, ChangeEvent, Route, list[Chunk], RowState | None]] = []
+        model, dims = self.embedder.model, self.embed_dims
+        for i, ev, route, old in rows:
+            assert ev.after is not None
+            chunks: list[Chunk] = []
+            for col in route.table.text_columns:
+                v = ev.after.get(col)
+                text = v if isinstance(v, str) else None
+                if text is not None and len(text) > BIG_TEXT_CHARS:
+                    # Tokenizing megabytes takes seconds: off the event loop, so heartbeats
+                    # and the web pages keep going.
+                    loop = asyncio.get_running_loop()
+                    chunks += await loop.run_in_executor(None, self.chunker.chunk, col, text)
+                else:
+                    chunks += self.chunker.chunk(col, text)
+            plan.append((i, ev, route, chunks, old))
+            new_state = out.states[row_key(ev.table, ev.doc_id)][0]
+            new_state.chunks = {}
+            for c in chunks:
+                new_state.chunks.setdefault(c.column, []).append(c.hash)
+            for c in chunks:
+                wanted.setdefault(cache_key(model, dims, c.hash), (c, ev))
+            out.count(ev, "chunks", len(chunks))
+        # 1) vectors from the in-process LRU, 2) the cache index, 3) the API.
+        missing = [k for k in wanted if k not in self._vec_lru]
+        if missing:
+            cached = await self.es.get_many(EMBED_CACHE_INDEX, missing)
+            for k, d in cached.items():
+                if "v" in d:
+                    self._remember(k, d["v"])
+        to_embed = [k for k in wanted if k not in self._vec_lru]
+        if to_embed:
+            texts = [wanted[k][0].text for k in to_embed]
+            counts = [wanted[k][0].tokens for k in to_embed]
+            before = self.embedder.stats.requests
+            vecs = await self.embedder.embed(texts, counts)
+            crash_point("mid_embedding")
+            requests = self.embedder.stats.requests - before
+            cache_ops = []
+            for k, v in zip(to_embed, vecs, strict=True):
+                self._remember(k, v)
+                c, ev = wanted[k]
+                out.count(ev, "embed_inputs")
+                out.count(ev, "embed_tokens", c.tokens)
+                cache_ops.append(IndexOp("index", EMBED_CACHE_INDEX, k, 1, {"v": v, "model": model}))
+            first_ev = wanted[to_embed[0]][1]
+            out.count(first_ev, "embed_requests", requests)
+            await self.es.ensure_index(EMBED_CACHE_INDEX, {"dynamic": False, "properties": {
+                "v": {"type": "float", "index": False, "doc_values": False}, "model": {"type": "keyword"}}})
+            # Cache writes are plain upserts: same key, same vector, any order.
+            res = await self.es.apply(cache_ops)
+            if res.failed:
+                log.warning("embedding cache: %d writes failed: %s", len(res.failed), res.failed[0][1])
+        paid = {(k, id(wanted[k][0])) for k in to_embed}
+        for i, ev, route, chunks, old in plan:
+            assert ev.after is not None
+            for c in chunks:
+                # Every chunk not sent to the API now is a chunk a re-embed-every-change
+                # pipeline would have paid for: unchanged text, the cache, or a duplicate.
+                if (cache_key(model, dims, c.hash), id(c)) not in paid:
+                    out.count(ev, "tokens_saved", c.tokens)
+                    out.count(ev, "chunks_reused")
+            row_fields = {k: jsonable(v) for k, v in ev.after.items() if k not in route.table.text_columns}
+            for c in chunks:
+                vec = self._vec_lru[cache_key(model, dims, c.hash)]
+                ops.append(IndexOp("index", route.chunks_alias, chunk_id(ev.doc_id, c.column, c.n),
+                                   ev.position.version, {
+                                       "parent_id": ev.doc_id, "column": c.column, "n": c.n, "text": c.text,
+                                       "hash": c.hash, "tokens": c.tokens, "embedding": vec, "row": row_fields,
+                                       META: {"version": ev.position.version, "table": str(ev.table)}}, ref=i))
+            # Text that shrank: delete the surplus chunks (ids from the old row state).
+            if old is not None:
+                now_n: dict[str, int] = defaultdict(int)
+                for c in chunks:
+                    now_n[c.column] += 1
+                for col, hashes in old.chunks.items():
+                    for n in range(now_n[col], len(hashes)):
+                        ops.append(IndexOp("delete", route.chunks_alias, chunk_id(ev.doc_id, col, n),
+                                           ev.position.version, ref=i))
+        return ops
+
+    def _remember(self, key: str, vec: list[float]) -> None:
+        if len(self._vec_lru) > 50_000:
+            # Drop the oldest half; dicts keep insertion order.
+            for k in list(self._vec_lru)[:25_000]:
+                del self._vec_lru[k]
+        self._vec_lru[key] = vec
+
+
+def track_snapshot(out: Outcome, tp: tuple[str, int], ev: ChangeEvent) -> None:
+    """Snapshot assembly from Debezium's markers: first* opens, last* closes, every row counts."""
+    snap = out.snapshot.setdefault(tp, {})
+    m = ev.snapshot
+    kind = "incremental" if m is SnapshotMarker.INCREMENTAL else "initial"
+    out.count(ev, f"snapshot_rows_{kind}")
+    if m in (SnapshotMarker.FIRST, SnapshotMarker.FIRST_IN_DATA_COLLECTION) or "started_ms" not in snap:
+        snap.setdefault("started_ms", ev.ts_event_ms)
+    if m in (SnapshotMarker.LAST, SnapshotMarker.LAST_IN_DATA_COLLECTION):
+        snap["finished_ms"] = ev.ts_event_ms
+
+
+def chunk_id(doc_id: str, column: str, n: int) -> str:
+    return f"{doc_id}#{column}#{n}"
+
+

@@ -1,0 +1,153 @@
+"""What the agents and views share, built once per worker process: settings, config, tables,
+the sink clients (built lazily inside the running loop), profiles and counters."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections import defaultdict, deque
+from typing import Any
+
+import faust
+from elasticsearch import AsyncElasticsearch
+from openai import AsyncOpenAI
+
+from cdcstream.core.config import Config, ProcessingProfile
+from cdcstream.core.counters import merge_counters
+from cdcstream.core.events import ChangeEvent
+from cdcstream.core.resolver import Resolver
+from cdcstream.core.route import Router, RowState
+from cdcstream.core.secrets import SecretRef
+from cdcstream.core.settings import Settings
+from cdcstream.pipeline.archive import ArchiveBuffer
+from cdcstream.pipeline.chunking import Chunker
+from cdcstream.pipeline.embeddings import Embedder
+from cdcstream.pipeline.processor import BatchProcessor
+from cdcstream.pipeline.tokens import get_encoding
+from cdcstream.sinks.archive import open_store
+from cdcstream.sinks.base import ArchiveStore
+from cdcstream.sinks.elasticsearch import EsMirror, client_options
+from tables import Tables
+
+
+class Pipeline:
+    """Everything the agents share, built once per worker process."""
+
+    def __init__(self, app: faust.App, settings: Settings, config: Config, tables: Tables,
+                 resolver: Resolver | None = None) -> None:
+        self.app = app
+        self.settings = settings
+        self.config = config
+        self.tables = tables
+        self.router = Router(config)
+        self.resolver = resolver or Resolver()
+        self.worker_id = f"{socket.gethostname()}:{settings.web_port}:{os.getpid()}"
+        self.data_topics: list[str] = []
+        self.processor: BatchProcessor | None = None
+        self.es: AsyncElasticsearch | None = None
+        self.mirror: EsMirror | None = None
+        self.archive: ArchiveStore | None = None
+        self.embedder: Embedder | None = None
+        self._ready = asyncio.Lock()
+        self.held: dict[tuple[str, int], deque[Any]] = defaultdict(deque)
+        self.buffer = ArchiveBuffer(settings.archive_max_records, settings.archive_max_bytes)
+        self.control_topic = app.topic(f"{settings.app_id}-control", partitions=1, internal=True,
+                                       value_serializer="json", key_serializer="raw")
+        self.dlq_topic = app.topic(f"{settings.app_id}-dlq", partitions=1, internal=True,
+                                   value_serializer="json", key_serializer="raw")
+        self.batches = 0
+        self._own_stats: dict[str, dict[str, Any]] = {}
+        self.stream: Any = None
+        # One batch or one idle-archive flush at a time (acks stay in offset order).
+        self.archive_lock = asyncio.Lock()
+
+    def secret(self, ref: Any) -> str | None:
+        if ref is None:
+            return None
+        assert isinstance(ref, SecretRef)
+        return self.resolver.resolve(ref).get_secret_value()
+
+    async def ready(self) -> BatchProcessor:
+        """Build the sink clients on first use, inside the running loop."""
+        if self.processor is not None:
+            return self.processor
+        async with self._ready:
+            if self.processor is not None:
+                return self.processor
+            s = self.settings
+            loop = asyncio.get_running_loop()
+            if s.es_http_url:
+                user = await loop.run_in_executor(None, self.secret, s.elasticsearch_user)
+                pw = await loop.run_in_executor(None, self.secret, s.elasticsearch_password)
+                api_key = await loop.run_in_executor(None, self.secret, s.elasticsearch_api_key)
+                self.es = AsyncElasticsearch(s.es_http_url, request_timeout=30,
+                                             **client_options(user, pw, api_key, s.elasticsearch_ca))
+                self.mirror = EsMirror(self.es)
+            if s.archive_url:
+                ak = await loop.run_in_executor(None, self.secret, s.archive_access_key)
+                sk = await loop.run_in_executor(None, self.secret, s.archive_secret_key)
+                self.archive = open_store(s.archive_url, ak, sk)
+            chunker = None
+            if s.embed_base_url:
+                key = await loop.run_in_executor(None, self.secret, s.embed_api_key) or "unused"
+                client = AsyncOpenAI(base_url=s.embed_base_url, api_key=key, max_retries=0, timeout=s.embed_timeout_s)
+                self.embedder = Embedder(client, s.embed_model, dimensions=s.embed_dimensions,
+                                         max_inputs=s.embed_max_inputs,
+                                         max_input_tokens=s.embed_max_input_tokens, concurrency=s.embed_concurrency,
+                                         tokens_per_minute=s.embed_tokens_per_minute,
+                                         send_dimensions=s.embed_send_dimensions)
+                chunker = Chunker(get_encoding(s.chunk_encoding), s.effective_chunk_tokens, s.effective_chunk_overlap)
+            self.processor = BatchProcessor(self.router, self.mirror, self.archive, self.embedder, chunker,
+                                            archive_buffer=self.buffer, embed_dims=s.embed_dimensions)
+            return self.processor
+
+    # --- profiles -------------------------------------------------------------------------
+    def profile_of(self, ev: ChangeEvent) -> ProcessingProfile:
+        live = self.tables.profiles.get(ev.table.key)
+        if live is not None:
+            return ProcessingProfile(live["profile"])
+        return self.router.default_profile(ev.table)
+
+    def applied_profile_version(self) -> int:
+        return max((int(v.get("version", 0)) for v in self.tables.profiles.values() if v), default=0)
+
+    # --- state ----------------------------------------------------------------------------
+    def get_state(self, rk: str) -> RowState | None:
+        return RowState.load(self.tables.rows.get(rk))
+
+    # Counters: this worker is the only writer of the keys of its partitions, and keeps them
+    # here. Reading them back from the GlobalTable is not safe: its local copy is updated
+    # only when the changelog write comes back, so under load read-modify-write lost
+    # increments (index_ops read 22,616 for 47,352 events in the throughput benchmark).
+    # Every field only grows (counters, timestamps), so the field-wise maximum of what this
+    # worker wrote and what the table shows is right both ways: after a partition came back
+    # from another worker (the table is ahead) and while our own writes are in flight (we are).
+    def stat(self, key: str) -> dict[str, Any]:
+        own = self._own_stats.get(key) or {}
+        table = self.tables.stats.get(key) or {}
+        return {k: max(int(own.get(k, 0) or 0), int(table.get(k, 0) or 0)) for k in {*own, *table}}
+
+    def set_stat(self, key: str, value: dict[str, Any]) -> None:
+        self._own_stats[key] = value
+        self.tables.stats[key] = value
+
+    def record_stats(self, stream: Any, batch: list[Any], out: Any) -> None:
+        now = int(time.time() * 1000)
+        for (tk, part), delta in out.stats.items():
+            key = f"{tk}|{part}"
+            cur = self.stat(key)
+            merged = merge_counters(cur, delta)
+            last = out.last_event_ms.get((tk, part))
+            if last:
+                merged["last_event_ms"] = max(int(cur.get("last_event_ms", 0)), last)
+            snap = out.snapshot.get((tk, part))
+            if snap:
+                if "started_ms" in snap and not cur.get("snapshot_started_ms"):
+                    merged["snapshot_started_ms"] = snap["started_ms"]
+                if "finished_ms" in snap:
+                    merged["snapshot_finished_ms"] = snap["finished_ms"]
+            merged["updated_ms"] = now
+            self.set_stat(key, merged)
+

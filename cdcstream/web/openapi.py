@@ -1,0 +1,131 @@
+"""The OpenAPI 3 document of the worker's HTTP API (served at ``/api/openapi.json``).
+
+Written as data next to the views rather than generated: Faust views carry no schema,
+and a hand-kept document is what the schemathesis fuzz test checks the views against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cdcstream.core.config import ProcessingProfile
+from cdcstream.web.search import MAX_QUERY_CHARS, MAX_SIZE, MODES
+
+_ERROR = {"description": "Invalid input, unknown resource or refused request",
+          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_UNAUTH = {"description": "Bearer token missing or wrong",
+           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_JSON_OBJ = {"application/json": {"schema": {"type": "object"}}}
+
+
+
+def _table_param(example: str | None) -> dict[str, Any]:
+    p: dict[str, Any] = {
+        "name": "table", "in": "path", "required": True,
+        "description": "Table id `connector.schema.table` as listed by `GET /api/tables` (field `id`).",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 300},
+    }
+    if example:
+        # A real id: fuzzers and readers reach the handler, not only the 404.
+        p["example"] = example
+    return p
+
+
+def document(read_security: bool, example_table: str | None = None) -> dict[str, Any]:
+    table_param = _table_param(example_table)
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
+    read_sec = bearer if read_security else []
+
+    def op(summary: str, *, security: list[dict[str, list[str]]], params: list[dict[str, Any]] | None = None,
+           body: dict[str, Any] | None = None, ok: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+           op_id: str) -> dict[str, Any]:
+        responses: dict[str, Any] = {"200": ok or {"description": "OK", "content": _JSON_OBJ}, "400": _ERROR}
+        if security:
+            responses["401"] = _UNAUTH
+        responses.update(extra or {})
+        out: dict[str, Any] = {"summary": summary, "operationId": op_id, "security": security,
+                               "responses": responses}
+        if params:
+            out["parameters"] = params
+        if body:
+            out["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        return out
+
+    profiles = [p.value for p in ProcessingProfile]
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "cdcstream worker API", "version": "1",
+                 "description": "Status, profiles, dead letters and search of a cdcstream worker. Totals are "
+                                "cluster-wide whichever worker answers. See docs/api.md."},
+        "servers": [{"url": "/"}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "The token referenced by the api_token setting."}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"],
+                          "properties": {"error": {"type": "string"}}},
+                "ProfileChange": {
+                    "type": "object", "required": ["profile"], "additionalProperties": False,
+                    "properties": {
+                        "profile": {"type": "string", "enum": profiles},
+                        "backfill": {"type": "boolean", "default": False,
+                                     "description": "Bring existing rows into the new profile (incremental "
+                                                    "snapshot)."},
+                        "confirm": {"type": "boolean", "default": False,
+                                    "description": "Needed for a backfill into `full`, after reading the "
+                                                   "estimate a first call returns (409)."},
+                        "drop_index": {"type": "boolean", "default": False,
+                                       "description": "Into `archive`: also delete the row index."},
+                    }},
+                "Replay": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {
+                        "offsets": {"type": "array", "minItems": 1, "maxItems": 1000,
+                                    "items": {"type": "integer", "minimum": 0}},
+                        "all": {"type": "boolean"},
+                    },
+                    "description": "Exactly one of `offsets` (DLQ offsets) or `all: true`."},
+            },
+        },
+        "paths": {
+            "/api/connectors": {"get": op("Connectors: state, tasks, last error, replication slot lag",
+                                          security=read_sec, op_id="listConnectors")},
+            "/api/tables": {"get": op("Tables with profile, counters, lag and index sizes", security=read_sec,
+                                      op_id="listTables")},
+            "/api/tables/{table}": {"get": op("One table", security=read_sec, params=[table_param],
+                                              extra={"404": _ERROR}, op_id="getTable")},
+            "/api/tables/{table}/profile": {"put": op(
+                "Change a table's processing profile (applied by every live worker before this returns)",
+                security=bearer, params=[table_param], body={"$ref": "#/components/schemas/ProfileChange"},
+                extra={"404": _ERROR, "409": {"description": "Backfill into full: confirmation needed; the body "
+                                                             "carries the estimate", "content": _JSON_OBJ},
+                       "504": {"description": "Not every live worker applied it in time", "content": _JSON_OBJ}},
+                op_id="setProfile")},
+            "/api/dlq": {"get": op("Dead-lettered records (oldest first)", security=read_sec, op_id="listDlq", params=[
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000,
+                                                             "default": 100}},
+                {"name": "from_offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {"name": "values", "in": "query", "description": "Full record values instead of a preview",
+                 "schema": {"type": "boolean", "default": False}},
+            ])},
+            "/api/dlq/replay": {"post": op("Re-send dead-lettered records to their original topic and partition",
+                                           security=bearer, body={"$ref": "#/components/schemas/Replay"},
+                                           op_id="replayDlq")},
+            "/api/search": {"get": op(
+                "Search the mirror: keyword, semantic (kNN over chunks) or hybrid (RRF, k=60). Field filters: "
+                "`filter.<column>=value` and `range.<column>=lo..hi` (see docs/api.md)", security=read_sec,
+                op_id="search", params=[
+                    {"name": "q", "in": "query", "required": True,
+                     "schema": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS}},
+                    {"name": "mode", "in": "query", "schema": {"type": "string", "enum": list(MODES),
+                                                               "default": "keyword"}},
+                    {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_SIZE,
+                                                               "default": 10}},
+                    {"name": "table", "in": "query", "description": "Table id(s), comma-separated; default all.",
+                     "schema": {"type": "string"}},
+                ],
+                extra={"502": {"description": "Elasticsearch or the embeddings API failed", "content": _JSON_OBJ}})},
+            "/api/workers": {"get": op("Live workers and the profile version each applied", security=read_sec,
+                                       op_id="listWorkers")},
+        },
+    }
