@@ -27,18 +27,19 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
 
-## Everything CI runs: lint, type check, then unit, integration and e2e tests on the real stack.
-test: stack-up browser
-	$(BIN)/ruff check cdcstream agents tables tests bench
-	$(BIN)/mypy cdcstream agents tables
+## Everything CI runs: lint and type checks first (seconds, before any server starts), then
+## unit, integration and e2e tests on the real stack.
+test: lint stack-up browser
 	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 
 unit: $(BIN)/.installed
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+## ruff, mypy, and the layer contracts (pyproject.toml [tool.importlinter]; docs/architecture.md).
 lint: $(BIN)/.installed
 	$(BIN)/ruff check cdcstream agents tables tests bench
+	$(BIN)/lint-imports
 	$(BIN)/mypy cdcstream agents tables
 
 clean:

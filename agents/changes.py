@@ -198,14 +198,10 @@ async def _one_by_one(pipe: Pipeline, decoded: list[ChangeEvent | None], dlq: li
 
 async def truncate(pipe: Pipeline, alias: str) -> None:
     """TRUNCATE: point the table's aliases at fresh empty indices (no delete_by_query here)."""
-    assert pipe.es is not None and pipe.mirror is not None
+    assert pipe.mirror is not None
     for a in (alias, f"{alias}-chunks"):
-        if not await pipe.es.indices.exists_alias(name=a):
-            continue
-        mapping = await pipe.es.indices.get_mapping(index=a)
-        body = next(iter(mapping.body.values()))["mappings"]
-        await pipe.mirror.swap(a, body)
-        log.warning("truncate: %s now points at an empty index", a)
+        if await pipe.mirror.truncate(a):
+            log.warning("truncate: %s now points at an empty index", a)
 
 
 def dumps(v: Any) -> str:

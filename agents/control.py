@@ -57,19 +57,15 @@ async def _leave(pipe: Pipeline, table_key: str, old: ProcessingProfile, new: Pr
     if route is None or old is new:
         return
     await pipe.ready()
-    if pipe.es is None or pipe.mirror is None:
+    if pipe.mirror is None:
         return
     drop = []
-    if old is ProcessingProfile.FULL:
+    if old.embeds:
         drop.append(route.chunks_alias)
-    if new is ProcessingProfile.ARCHIVE and drop_index:
+    if new.archives and drop_index:
         drop.append(route.alias)
     for alias in drop:
-        if await pipe.es.indices.exists_alias(name=alias):
-            resp = await pipe.es.indices.get_alias(name=alias)
-            for idx in resp.body:
-                await pipe.es.indices.delete(index=idx)
-            pipe.mirror._known.pop(alias, None)
+        if await pipe.mirror.drop(alias):
             log.warning("profile change: dropped %s", alias)
 
 

@@ -32,13 +32,22 @@ class ProcessingProfile(enum.StrEnum):
     INDEX_ONLY = "index_only"  # index the row only
     ARCHIVE = "archive"  # object store only
 
+    # Callers ask what a profile does, never which profile it is: a new profile (or a
+    # changed one) is then one edit here.
     @property
     def indexes(self) -> bool:
+        """Rows are mirrored to Elasticsearch."""
         return self is not ProcessingProfile.ARCHIVE
 
     @property
     def embeds(self) -> bool:
+        """Text columns are chunked and embedded (a chunks index beside the rows index)."""
         return self is ProcessingProfile.FULL
+
+    @property
+    def archives(self) -> bool:
+        """Change events are written to the object store."""
+        return self is ProcessingProfile.ARCHIVE
 
 
 class _Model(BaseModel):

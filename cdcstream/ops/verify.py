@@ -414,15 +414,15 @@ class Verifier:
         self._replay: ArchiveReplay | None = None
         if profile.indexes and es is None:
             raise VerifyError("this table is indexed but no Elasticsearch is configured (set elasticsearch_url)")
-        if profile is ProcessingProfile.ARCHIVE and archive is None:
+        if profile.archives and archive is None:
             raise VerifyError("this table is archived but no archive is configured (set archive_url)")
-        if profile is ProcessingProfile.FULL and chunker is None:
+        if profile.embeds and chunker is None:
             raise VerifyError("profile full needs the chunker settings (embed_url, chunk_tokens)")
 
     # The mirror as key -> row, whichever sink holds it.
     # The mirror's rows for some keys, whichever sink holds it (full checks stream digests instead).
     def _mirror_rows(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        if self.profile is ProcessingProfile.ARCHIVE:
+        if self.profile.archives:
             rows = self._replayed().rows
             return {i: rows[i] for i in ids if i in rows}
         assert self.es is not None
@@ -430,7 +430,7 @@ class Verifier:
 
     def _mirror_digests(self, cols: list[tuple[str, Kind]]) -> dict[str, bytes]:
         # Streamed: a full check holds digests, never a million documents.
-        if self.profile is ProcessingProfile.ARCHIVE:
+        if self.profile.archives:
             return {k: row_digest(cols, r) for k, r in self._replayed().rows.items()}
         assert self.es is not None
         return {k: row_digest(cols, doc) for k, doc in self.es.scan(self.es.alias)}
@@ -451,7 +451,7 @@ class Verifier:
             self._replay = None
             drift = self._recheck(rep, drift)
         rep.drift = drift
-        if self.profile is ProcessingProfile.ARCHIVE:
+        if self.profile.archives:
             rep.drift += [Drift(d, "archived-twice", "an event is in the archive more than once")
                           for d in self._replayed().duplicates]
             rep.archive_events = self._replayed().events
@@ -466,7 +466,7 @@ class Verifier:
             for row in self.src.scan():
                 did = self.src.doc_id(row)
                 src_digest[did] = row_digest(cols, row)
-                if self.profile is ProcessingProfile.FULL:
+                if self.profile.embeds:
                     src_rows[did] = {c: row.get(c) for c in self.route.table.text_columns}
             mirror = self._mirror_digests(cols)
             rep.source_rows, rep.mirror_rows, rep.checked = len(src_digest), len(mirror), len(src_digest)
@@ -478,7 +478,7 @@ class Verifier:
                 elif mirror[k] != dg:
                     differing.append(k)
             drift += self._explain(differing)
-            if self.profile is ProcessingProfile.FULL:
+            if self.profile.embeds:
                 drift += self._check_chunks(rep, {k: src_rows[k] for k in src_digest if k in mirror})
             return drift
         rows = self.src.sample(sample)
@@ -487,14 +487,14 @@ class Verifier:
         by_id = {self.src.doc_id(r): r for r in rows}
         rep.checked = len(by_id)
         drift = self._diff_rows(by_id, self._mirror_rows(list(by_id)))
-        if self.profile is ProcessingProfile.FULL:
+        if self.profile.embeds:
             drift += self._check_chunks(rep, by_id)
         if rep.source_rows != rep.mirror_rows:
             drift.append(Drift("*", "count", f"source has {rep.source_rows} rows, mirror {rep.mirror_rows}"))
         return drift
 
     def _mirror_count(self) -> int:
-        if self.profile is ProcessingProfile.ARCHIVE:
+        if self.profile.archives:
             return len(self._replayed().rows)
         assert self.es is not None
         return self.es.count()
@@ -553,7 +553,7 @@ class Verifier:
         mirror = self._mirror_rows(keys)
         out = [Drift(k, "extra", "in the mirror, not in the source") for k in keys if k in mirror and k not in src]
         out += self._diff_rows(src, mirror)
-        if self.profile is ProcessingProfile.FULL:
+        if self.profile.embeds:
             out += self._check_chunks(Report(rep.table, rep.profile, rep.mode), {k: r for k, r in src.items()
                                                                                if k in mirror})
         # The counts from before the wait describe a mirror that has moved on since; rows that
@@ -628,7 +628,7 @@ def open_verifier(settings: Any, config: Config, table: str, *, connector: str |
             raise VerifyError(f"the mirror index {route.alias} does not exist: has the worker seen this table yet?")
         es = reader
     archive: Callable[[], ArchiveReplay] | None = None
-    if profile is ProcessingProfile.ARCHIVE and settings.archive_url:
+    if profile.archives and settings.archive_url:
         from cdcstream.sinks.archive import open_store
 
         store = open_store(settings.archive_url, secret(settings.archive_access_key),
@@ -639,7 +639,7 @@ def open_verifier(settings: Any, config: Config, table: str, *, connector: str |
             return ArchiveReplay(store, prefix)
         archive = replay
     chunker = None
-    if profile is ProcessingProfile.FULL:
+    if profile.embeds:
         from cdcstream.pipeline.tokens import get_encoding
 
         chunker = Chunker(get_encoding(settings.chunk_encoding), settings.effective_chunk_tokens,

@@ -29,9 +29,8 @@ from cdcstream.core.route import Route, Router, RowState, is_stale, keep_toast, 
 from cdcstream.pipeline.archive import ArchiveBuffer
 from cdcstream.pipeline.chunking import Chunk, Chunker
 from cdcstream.pipeline.embeddings import Embedder
-from cdcstream.sinks.base import ArchiveObject, ArchiveStore
+from cdcstream.sinks.base import ArchiveObject, ArchiveStore, IndexOp, Mirror
 from cdcstream.sinks.documents import META, field_mapping, jsonable, row_document, row_mapping
-from cdcstream.sinks.elasticsearch import EsMirror, IndexOp
 
 log = logging.getLogger(__name__)
 BIG_TEXT_CHARS = 64 * 1024
@@ -69,7 +68,7 @@ def cache_key(model: str, dims: int | None, chunk_hash: str) -> str:
 
 
 class BatchProcessor:
-    def __init__(self, router: Router, es: EsMirror | None, archive: ArchiveStore | None,
+    def __init__(self, router: Router, es: Mirror | None, archive: ArchiveStore | None,
                  embedder: Embedder | None, chunker: Chunker | None, *,
                  archive_buffer: ArchiveBuffer | None = None, embed_dims: int | None = None) -> None:
         self.router = router
@@ -112,7 +111,7 @@ class BatchProcessor:
             if ev.snapshot.in_snapshot:
                 track_snapshot(out, tp, ev)
             profile = profile_of(ev)
-            if profile is ProcessingProfile.ARCHIVE:
+            if profile.archives:
                 if self.buffer.duplicate(ev):
                     out.count(ev, "duplicates")
                     continue
@@ -132,7 +131,7 @@ class BatchProcessor:
             if ev.op is Op.DELETE:
                 new_state.deleted, new_state.deleted_at_ms = True, now_ms
                 index_ops.append(IndexOp("delete", route.alias, ev.doc_id, ev.position.version, ref=i))
-                if profile is ProcessingProfile.FULL and state is not None:
+                if profile.embeds and state is not None:
                     for col, hashes in state.chunks.items():
                         for n in range(len(hashes)):
                             index_ops.append(IndexOp("delete", route.chunks_alias, chunk_id(ev.doc_id, col, n),
@@ -150,7 +149,7 @@ class BatchProcessor:
                 if ev.row_schema:
                     mappings[route.alias] = row_mapping(ev.row_schema, route.table.text_columns)
                 index_ops.append(IndexOp("index", route.alias, ev.doc_id, ev.position.version, ref=i))
-                if profile is ProcessingProfile.FULL:
+                if profile.embeds:
                     full_rows.append((i, ev, route, state))
             seen[rk] = new_state
             out.states[rk] = (new_state, i)

@@ -27,7 +27,7 @@ from cdcstream.pipeline.embeddings import Embedder
 from cdcstream.pipeline.processor import BatchProcessor
 from cdcstream.pipeline.tokens import get_encoding
 from cdcstream.sinks.archive import open_store
-from cdcstream.sinks.base import ArchiveStore
+from cdcstream.sinks.base import ArchiveStore, Mirror
 from cdcstream.sinks.elasticsearch import EsMirror, client_options
 from tables import Tables
 
@@ -47,7 +47,7 @@ class Pipeline:
         self.data_topics: list[str] = []
         self.processor: BatchProcessor | None = None
         self.es: AsyncElasticsearch | None = None
-        self.mirror: EsMirror | None = None
+        self.mirror: Mirror | None = None
         self.archive: ArchiveStore | None = None
         self.embedder: Embedder | None = None
         self._ready = asyncio.Lock()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 
 @dataclass(slots=True)
@@ -26,3 +27,51 @@ class ArchiveStore(Protocol):
 
     async def get(self, name: str) -> bytes: ...
 
+
+@dataclass(slots=True)
+class IndexOp:
+    action: Literal["index", "delete"]
+    index: str  # alias
+    id: str
+    version: int
+    doc: dict[str, Any] | None = None
+    # Opaque handle the caller uses to route a failure (e.g. the event for the DLQ).
+    ref: Any = None
+
+
+@dataclass
+class BulkResult:
+    indexed: int = 0
+    deleted: int = 0
+    not_found: int = 0
+    conflicts: int = 0  # stale writes: a newer version is already there (no-op)
+    failed: list[tuple[IndexOp, str]] = field(default_factory=list)  # permanent per-item errors
+    requests: int = 0
+    retries: int = 0
+
+
+
+class Mirror(Protocol):
+    """The search mirror: one index per table behind an alias (and one for its chunks).
+
+    Writes carry the event's source version (``IndexOp.version``): the mirror keeps the
+    newest version of each document, so replays and reordering are no-ops (``conflicts``).
+    ``apply`` returns only when every op is durable or failed for its own content
+    (``BulkResult.failed``); an outage makes it wait or raise, never drop an op.
+    """
+
+    async def ensure_index(self, alias: str, mapping: dict[str, Any], settings: dict[str, Any] | None = None) -> None:
+        """Create the index behind ``alias`` on first use; add new fields to its mapping."""
+
+    async def apply(self, ops: list[IndexOp]) -> BulkResult:
+        """Write ``ops``; per-item outcomes in the result."""
+
+    async def get_many(self, index: str, ids: Iterable[str],
+                       source: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """The documents of ``ids`` that exist (``source`` limits the fields)."""
+
+    async def truncate(self, alias: str) -> bool:
+        """Point ``alias`` at a fresh, empty index with the same mapping; False if it has no index."""
+
+    async def drop(self, alias: str) -> bool:
+        """Delete every index behind ``alias``; False if there was none."""

@@ -15,36 +15,15 @@ import logging
 import random
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from elasticsearch import ApiError, AsyncElasticsearch, ConnectionError, NotFoundError, TransportError
+
+from cdcstream.sinks.base import BulkResult, IndexOp
 
 log = logging.getLogger(__name__)
 
 RETRYABLE = {429, 502, 503, 504}
-
-
-@dataclass(slots=True)
-class IndexOp:
-    action: Literal["index", "delete"]
-    index: str  # alias
-    id: str
-    version: int
-    doc: dict[str, Any] | None = None
-    # Opaque handle the caller uses to route a failure (e.g. the event for the DLQ).
-    ref: Any = None
-
-
-@dataclass
-class BulkResult:
-    indexed: int = 0
-    deleted: int = 0
-    not_found: int = 0
-    conflicts: int = 0  # stale writes: a newer version is already there (no-op)
-    failed: list[tuple[IndexOp, str]] = field(default_factory=list)  # permanent per-item errors
-    requests: int = 0
-    retries: int = 0
 
 
 def client_options(user: str | None, password: str | None, api_key: str | None, ca: Any = None) -> dict[str, Any]:
@@ -110,6 +89,22 @@ class EsMirror:
             await self.es.indices.delete(index=o)
         self._known[alias] = set(mapping.get("properties", {}))
         return new
+
+    async def truncate(self, alias: str) -> bool:
+        if not await self._retrying(lambda: self.es.indices.exists_alias(name=alias)):
+            return False
+        mapping = await self._retrying(lambda: self.es.indices.get_mapping(index=alias))
+        await self.swap(alias, next(iter(mapping.body.values()))["mappings"])
+        return True
+
+    async def drop(self, alias: str) -> bool:
+        if not await self._retrying(lambda: self.es.indices.exists_alias(name=alias)):
+            return False
+        resp = await self._retrying(lambda: self.es.indices.get_alias(name=alias))
+        for idx in resp.body:
+            await self._retrying(lambda idx=idx: self.es.indices.delete(index=idx))
+        self._known.pop(alias, None)
+        return True
 
     # --- writes ----------------------------------------------------------------------
     async def apply(self, ops: list[IndexOp]) -> BulkResult:

@@ -323,7 +323,7 @@ async def run_search(es: AsyncElasticsearch, embedder: Embedder | None, targets:
                      *, query_input_type: str | None = "query", query_prefix: str = "") -> dict[str, Any]:
     """Run ``req`` over ``targets`` (already validated for the mode) and return the API body."""
     by_alias = {t.alias: t for t in targets}
-    by_chunks = {t.chunks_alias: t for t in targets if t.profile is ProcessingProfile.FULL}
+    by_chunks = {t.chunks_alias: t for t in targets if t.profile.embeds}
     keyword: list[_Hit] = []
     semantic: list[_Hit] = []
     warnings: list[str] = []

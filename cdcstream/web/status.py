@@ -344,7 +344,7 @@ class StatusService:
         progress = None if not src else min(1.0, read / src)
         return {
             "id": table_id(route), "table": key, "name": str(route.table_id), "index": route.alias,
-            "chunks_index": route.chunks_alias if profile is ProcessingProfile.FULL else None,
+            "chunks_index": route.chunks_alias if profile.embeds else None,
             "profile": profile.value, "profile_version": version, "configured_profile": route.table.profile.value,
             "text_columns": list(route.table.text_columns), "connector": route.connector.name,
             "stats": stats,
@@ -390,7 +390,7 @@ def in_flight_cap(settings: Any, router: Router) -> int:
     """Events one worker can hold between fetch and commit: two polls of read-ahead (one in
     the stream buffer, one already fetched when the buffer fills), a batch, and the archive
     records held until their object fills (per partition of every archive table)."""
-    archive_tables = sum(1 for r in router.by_key.values() if r.table.profile is ProcessingProfile.ARCHIVE)
+    archive_tables = sum(1 for r in router.by_key.values() if r.table.profile.archives)
     return int(2 * settings.read_ahead + settings.batch_size
             + archive_tables * settings.partitions * settings.archive_max_records)
 

@@ -311,13 +311,13 @@ def register(app: faust.App, pipe: Pipeline) -> None:
 # --- handlers with I/O -----------------------------------------------------------------
 def _check_profile_possible(pipe: Pipeline, route: Route, profile: ProcessingProfile) -> None:
     s = pipe.settings
-    if profile is ProcessingProfile.FULL and not route.table.text_columns:
+    if profile.embeds and not route.table.text_columns:
         raise bad(f"profile full needs text_columns for {table_id(route)}: add them to the config first")
-    if profile is ProcessingProfile.FULL and not s.embed_url:
+    if profile.embeds and not s.embed_url:
         raise bad("profile full needs embeddings: embed_url is not set")
-    if profile in (ProcessingProfile.FULL, ProcessingProfile.INDEX_ONLY) and not s.elasticsearch_url:
+    if profile.indexes and not s.elasticsearch_url:
         raise bad(f"profile {profile.value} needs Elasticsearch: elasticsearch_url is not set")
-    if profile is ProcessingProfile.ARCHIVE and not s.archive_url:
+    if profile.archives and not s.archive_url:
         raise bad("profile archive needs an archive store: archive_url is not set")
 
 
@@ -354,7 +354,7 @@ async def change_profile(pipe: Pipeline, svc: StatusService, route: Route, profi
     _check_profile_possible(pipe, route, profile)
     current, _ = live_profile(pipe, route)
     estimate = None
-    if backfill and profile is ProcessingProfile.FULL:
+    if backfill and profile.embeds:
         estimate = await estimate_backfill(pipe, route)
         if not confirm:
             raise HttpError(409, "a backfill into full embeds every existing row: repeat with confirm: true to "
@@ -438,11 +438,11 @@ async def search(pipe: Pipeline, params: list[tuple[str, str]]) -> dict[str, Any
     targets = []
     for r in routes:
         prof, _ = live_profile(pipe, r)
-        if prof is ProcessingProfile.ARCHIVE:
+        if prof.archives:
             if explicit:
                 raise bad(f"{table_id(r)} has profile archive: it is not indexed, so not searchable")
             continue
-        if req.mode == "semantic" and prof is not ProcessingProfile.FULL:
+        if req.mode == "semantic" and not prof.embeds:
             if explicit:
                 raise bad(f"semantic search needs profile full; {table_id(r)} is {prof.value}")
             continue

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from elasticsearch import AsyncElasticsearch
 
+from cdcstream.sinks.base import IndexOp
 from cdcstream.sinks.documents import row_mapping
-from cdcstream.sinks.elasticsearch import EsMirror, IndexOp
+from cdcstream.sinks.elasticsearch import EsMirror
 
 pytestmark = pytest.mark.integration
 

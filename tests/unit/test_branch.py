@@ -10,8 +10,7 @@ from cdcstream.core.events import ChangeEvent, KafkaOrigin
 from cdcstream.core.route import Router, RowState
 from cdcstream.pipeline.decode import decode
 from cdcstream.pipeline.processor import BatchProcessor
-from cdcstream.sinks.base import ArchiveObject
-from cdcstream.sinks.elasticsearch import BulkResult, IndexOp
+from cdcstream.sinks.base import ArchiveObject, BulkResult, IndexOp
 from tests.fixturedata import raw
 
 CONFIG = Config.model_validate({"connectors": [{
