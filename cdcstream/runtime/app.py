@@ -25,8 +25,6 @@ def create_app(settings: Settings, config: Config, existing_topics: set[str] | N
     subscribing to a missing one would let a broker with auto-create make it with the wrong
     partition count before Debezium does."""
     s = settings
-    # Before the app exists: its consumer must be built from the fixed class.
-    faust_fixes.install()
     app = faust.App(
         s.app_id,
         broker=s.broker,
@@ -55,6 +53,9 @@ def create_app(settings: Settings, config: Config, existing_topics: set[str] | N
         broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
         broker_max_poll_records=s.read_ahead,
     )
+    # Before anything builds the consumer (tables, agents): the aiokafka transport whose
+    # consumer is faust_fixes.FixedConsumer; Faust's own classes stay as they are.
+    app.transport = faust_fixes.fixed_transport(app)
     tables = register_tables(app, s.partitions)
     pipe = Pipeline(app, s, config, tables)
     wanted = sorted(config.topic_map())

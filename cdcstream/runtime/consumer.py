@@ -23,98 +23,106 @@ offset that ends table recovery, and then lost track of them:
 The fixes keep one rule: records of a stream partition are delivered only from the
 position of its latest seek, with read offsets and gaps recorded since that seek.
 ``tests/unit/test_faust_fixes.py`` pins each one.
+
+They live in ``FixedConsumer``, a subclass of the aiokafka driver's consumer whose
+overrides call Faust's own method and add the fix around it; ``FixedTransport`` (the
+aiokafka transport building that consumer) is handed to the app by ``create_app``
+(``app.transport = fixed_transport(app)``). Faust's classes are not modified.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
 
-from faust.transport.consumer import Consumer
-from faust.types import TP
+from aiokafka.structs import TopicPartition
+from faust.transport import by_url
+from faust.transport.consumer import RecordMap
+from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.types import TP, AppT, ConsumerT, Message
 
-_MARK = "_cdcstream_fixed"
 
+class FixedConsumer(aiokafka_driver.Consumer):
+    """The aiokafka driver's consumer, delivering stream records only from their latest seek."""
 
-def install() -> None:
-    """Patch ``faust.transport.consumer.Consumer`` (idempotent; before the app starts)."""
-    if getattr(Consumer, _MARK, False):
-        return
-    orig_revoked = Consumer.on_partitions_revoked
-    orig_assigned = Consumer.on_partitions_assigned
-    orig_getmany = Consumer.getmany
-    orig_resume_flow = Consumer.resume_flow
-    orig_wait_next_records = Consumer._wait_next_records
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Stream partitions taken out of the fetch set by ``perform_seek`` until ``resume_flow``.
+        self._cdcstream_held: set[TP] = set()
+        #: Seeks done per partition, and the count each fetched record is as new as.
+        self._cdcstream_seeks: defaultdict[TP, int] = defaultdict(int)
+        self._cdcstream_fetched_at: dict[TP, int] = {}
+        #: The read offset each partition had right after its latest seek.
+        self._cdcstream_read_after_seek: dict[TP, int | None] = {}
 
-    def on_buffer_drop(self: Any, tp: TP) -> None:
-        buffered = self._buffered_partitions
-        if tp in buffered:
-            buffered.discard(tp)
+    def on_buffer_drop(self, tp: TP) -> None:
+        if tp in self._paused_partitions:
             # A paused partition (rebalance, recovery) stays paused: only resume_partitions
-            # may fetch it again, after the seek.
-            if tp not in self._paused_partitions:
-                self._get_active_partitions().add(tp)
+            # may fetch it again, after the seek. Faust would put it back into the fetch set.
+            self._buffered_partitions.discard(tp)
+            return
+        super().on_buffer_drop(tp)
 
-    async def on_partitions_revoked(self: Any, revoked: set[TP]) -> None:
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self._buffered_partitions.difference_update(revoked)
-        getattr(self, "_cdcstream_held", set()).difference_update(revoked)
-        await orig_revoked(self, revoked)
+        self._cdcstream_held.difference_update(revoked)
+        await super().on_partitions_revoked(revoked)
 
-    async def on_partitions_assigned(self: Any, assigned: set[TP], generation_id: int = 0) -> None:
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         # Whatever the drain loop recorded since the revocation belongs to the old generation.
         for tp in assigned:
             self._read_offset.pop(tp, None)
             self._gap.pop(tp, None)
         self._buffered_partitions.difference_update(assigned)
-        await orig_assigned(self, assigned, generation_id)
+        await super().on_partitions_assigned(assigned, generation_id)
 
-    async def perform_seek(self: Any) -> None:
+    async def perform_seek(self) -> None:
         streams = {tp for tp in self.assignment() if not self._is_changelog_tp(tp)}
         # The fetcher yields none of them until flow resumes (``resume_flow`` below): Faust
         # clears the stream buffers when it resumes the flow after this seek, and anything
         # delivered between the seek and that clear would be lost.
+        held = self._cdcstream_held
         active = self._get_active_partitions()
-        held: set[TP] = getattr(self, "_cdcstream_held", set())
-        self._cdcstream_held = held
         held |= active & streams
         active.difference_update(held)
-        committed: Mapping[Any, int | None] = await self.seek_to_committed()
-        seeked = {tp for tp in streams if (committed.get(tp) or 0) > 0}
+        # Faust's seek: aiokafka's seek_to_committed, then read and committed offsets set
+        # from the committed offsets it returns (read offset: the committed one if >= 0).
+        await super().perform_seek()
+        assigned = self.assignment()
+        after_seek = {tp: self._read_offset.get(tp) for tp in assigned}
+        # aiokafka sought only the partitions whose committed offset is > 0.
+        seeked = {tp for tp in streams if (after_seek.get(tp) or 0) > 0}
         unseeked = streams - seeked
         if unseeked and self.app.conf.consumer_auto_offset_reset == "earliest":
-            # aiokafka seeks only committed offsets > 0; the others keep the position the
-            # fetcher reached, past records fetched before this seek.
-            from aiokafka.structs import TopicPartition
-
+            # The others kept the position the fetcher reached, past records fetched before
+            # this seek.
             await self._thread.seek_to_beginning(*(TopicPartition(tp.topic, tp.partition) for tp in unseeked))
             seeked |= unseeked
-        seeks = _seeks(self)
+            # The drain loop may have recorded a record fetched before the seek meanwhile.
+            self._read_offset.update(after_seek)
+        seeks = self._cdcstream_seeks
         for tp in seeked:
             seeks[tp] += 1
             self._gap.pop(tp, None)  # gaps seen before the seek are re-seen after it
-        self._read_offset.update({TP(tp.topic, tp.partition): o if o is not None and o >= 0 else None
-                                  for tp, o in committed.items()})
-        self._committed_offset.update({TP(tp.topic, tp.partition): o or None
-                                       for tp, o in committed.items() if o is not None})
-        self._cdcstream_read_after_seek = {tp: self._read_offset.get(tp) for tp in seeked}
+        self._cdcstream_read_after_seek = {tp: after_seek.get(tp) for tp in seeked}
 
-    def resume_flow(self: Any) -> None:
-        orig_resume_flow(self)
-        held: set[TP] = getattr(self, "_cdcstream_held", set())
+    def resume_flow(self) -> None:
+        super().resume_flow()
+        held = self._cdcstream_held
         if held:
             self._get_active_partitions().update((held - self._paused_partitions) & self.assignment())
             held.clear()
 
-    async def _wait_next_records(self: Any, timeout: float) -> Any:
-        result = await orig_wait_next_records(self, timeout)
+    async def _wait_next_records(self, timeout: float) -> tuple[RecordMap | None, set[TP] | None]:
+        result = await super()._wait_next_records(timeout)
         # What the fetched records are as new as: the seeks done by the time they arrived.
-        self._cdcstream_fetched_at = dict(_seeks(self))
+        self._cdcstream_fetched_at = dict(self._cdcstream_seeks)
         return result
 
-    async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
-        seeks = _seeks(self)
-        async for tp, message in orig_getmany(self, timeout):
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        seeks = self._cdcstream_seeks
+        async for tp, message in super().getmany(timeout):
             fetched_at = self._cdcstream_fetched_at.get(tp, 0)
             if seeks[tp] != fetched_at:
                 continue  # fetched before its partition was sought: fetched again from there
@@ -126,18 +134,19 @@ def install() -> None:
                 self._read_offset[tp] = self._cdcstream_read_after_seek.get(tp)
                 message.acked = True
 
-    Consumer.on_buffer_drop = on_buffer_drop  # type: ignore[method-assign]
-    Consumer.on_partitions_revoked = on_partitions_revoked  # type: ignore[method-assign]
-    Consumer.on_partitions_assigned = on_partitions_assigned  # type: ignore[method-assign]
-    Consumer.perform_seek = perform_seek  # type: ignore[method-assign]
-    Consumer.resume_flow = resume_flow  # type: ignore[method-assign]
-    Consumer._wait_next_records = _wait_next_records  # type: ignore[method-assign]
-    Consumer.getmany = getmany  # type: ignore[assignment,method-assign]
-    setattr(Consumer, _MARK, True)
+
+class FixedTransport(aiokafka_driver.Transport):
+    """The aiokafka transport (``kafka://``), with ``FixedConsumer`` as its consumer."""
+
+    Consumer: ClassVar[type[ConsumerT]] = FixedConsumer
 
 
-def _seeks(consumer: Any) -> defaultdict[TP, int]:
-    seeks: defaultdict[TP, int] | None = getattr(consumer, "_cdcstream_seeks", None)
-    if seeks is None:
-        seeks = consumer._cdcstream_seeks = defaultdict(int)
-    return seeks
+def fixed_transport(app: AppT) -> FixedTransport:
+    """The consumer transport for ``app`` (set it as ``app.transport`` before anything uses
+    the app's consumer): ``FixedTransport`` on the app's ``broker_consumer`` URLs."""
+    urls = app.conf.broker_consumer
+    driver = by_url(urls[0])
+    if not issubclass(FixedTransport, driver):
+        raise ValueError(f"broker {urls[0]}: the consumer fixes need Faust's aiokafka transport "
+                         f"(kafka:// or aiokafka://), not {driver.__module__}.{driver.__qualname__}")
+    return FixedTransport(urls, app)

@@ -2,22 +2,29 @@
 
 Found by the scale-out benchmark: with two workers of one app, the rebalance when the
 second joined lost events (the group committed every partition to its end, documents
-were missing) or stopped a partition's commits. The consumer is the real aiokafka-driver
-``Consumer``; only its I/O (fetch, seek, assignment) is stubbed.
+were missing) or stopped a partition's commits. The consumer is the real ``FixedConsumer``
+(a subclass of the aiokafka driver's ``Consumer``), built by an app through the transport
+``create_app`` gives it; only its I/O (fetch, seek, assignment) is stubbed.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import faust
+import faust.transport.consumer
 from aiokafka.structs import TopicPartition
+from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 from faust.types.tuples import Message
 
+from cdcstream.core.config import Config
+from cdcstream.core.settings import Settings
 from cdcstream.runtime import consumer as faust_fixes
+from cdcstream.runtime.app import create_app
 
 TOPIC = "shop.public.orders"
 P0, P1 = TP(TOPIC, 0), TP(TOPIC, 1)
@@ -25,9 +32,10 @@ CHANGELOG = TP("fix-test-rows-changelog", 0)
 
 
 def consumer() -> Any:
-    faust_fixes.install()
     app = faust.App("fix-test", broker="kafka://127.0.0.1:1", store="memory://")
+    app.transport = faust_fixes.fixed_transport(app)  # as create_app does
     c = app.consumer
+    assert type(c) is faust_fixes.FixedConsumer
     c._is_changelog_tp = lambda tp: tp.topic.endswith("-changelog")
     c.assignment = lambda: {P0, P1, CHANGELOG}
     c.highwater = lambda tp: 10_000
@@ -161,3 +169,36 @@ def test_a_new_assignment_starts_without_the_old_generations_read_offsets() -> N
         assert c._read_offset[P1] is None and not c._gap[P1]
 
     asyncio.run(run())
+
+
+def settings(tmp_path: Path) -> Settings:
+    return Settings(app_id="fix-test", broker="kafka://127.0.0.1:1", store="memory://", data_dir=tmp_path,
+                    elasticsearch_url=None, archive_url=None, embed_url=None)
+
+
+def test_the_app_consumes_through_the_fixed_consumer(tmp_path: Path) -> None:
+    app, _ = create_app(settings(tmp_path), Config())
+    assert type(app.transport) is faust_fixes.FixedTransport
+    assert issubclass(faust_fixes.FixedTransport, aiokafka_driver.Transport)
+    assert issubclass(faust_fixes.FixedConsumer, aiokafka_driver.Consumer)
+    assert type(app.consumer) is faust_fixes.FixedConsumer
+
+
+def test_building_the_app_leaves_fausts_consumer_classes_unmodified(tmp_path: Path) -> None:
+    classes = (faust.transport.consumer.Consumer, aiokafka_driver.Consumer, aiokafka_driver.Transport)
+    before = [dict(vars(cls)) for cls in classes]
+    app, _ = create_app(settings(tmp_path), Config())
+    assert type(app.consumer) is faust_fixes.FixedConsumer
+    assert [dict(vars(cls)) for cls in classes] == before
+    # Nor were they modified when cdcstream was imported: the methods FixedConsumer overrides
+    # are still Faust's own on its base class.
+    base = faust.transport.consumer.Consumer
+    for name in ("on_buffer_drop", "on_partitions_revoked", "on_partitions_assigned", "perform_seek",
+                 "resume_flow", "_wait_next_records", "getmany"):
+        method = getattr(base, name)
+        assert method.__module__ == "faust.transport.consumer", name
+        assert getattr(faust_fixes.FixedConsumer, name) is not method, name
+    assert not [k for k in vars(base) if "cdcstream" in k]
+    # And a plain Faust app still gets Faust's own consumer.
+    plain = faust.App("fix-test-plain", broker="kafka://127.0.0.1:1", store="memory://")
+    assert type(plain.consumer) is aiokafka_driver.Consumer
