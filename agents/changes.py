@@ -1,10 +1,13 @@
 """The data path: one agent over every captured topic, processing batches.
 
-Offsets are committed only for durable events: ``take_events`` acks a batch after this
-body returns, and the body returns only after the batch's Elasticsearch writes and
-archive objects are stored. Events waiting in the archive buffer (objects are cut at
-record-determined boundaries, so possibly several batches later) are held with an extra
-reference on their message and acked when their object is written.
+    take_events (a batch) -> checkpoint.admit -> decode -> processor (route, branch, sinks)
+        -> DLQ records -> row state, counters -> checkpoint.settle/release (acks, in offset order)
+
+Acks belong to ``cdcstream/runtime/checkpoint.py``: every event is admitted (an extra
+reference on its message) before anything can fail and released only once durable, so
+neither a crash of this body nor a stop while it waits acks an unwritten event. An
+exception is never the event's fault here (those arrive as ``Outcome.dlq``): the batch is
+retried with capped backoff, whole, until it goes through, and ``/status`` names the cause.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import faust
 
 from cdcstream.core.events import ChangeEvent, KafkaOrigin
 from cdcstream.core.faults import crash_point
+from cdcstream.core.masking import mask_text
 from cdcstream.pipeline.decode import DecodeError, decode
+from cdcstream.runtime.checkpoint import backoff_after, sleep_or_wake
 
 if TYPE_CHECKING:
     from cdcstream.pipeline.processor import Outcome
@@ -66,7 +71,9 @@ def register(app: faust.App, pipe: Pipeline) -> None:
             async with pipe.archive_lock:
                 for obj in pipe.buffer.expire(time.monotonic(), wait_s):
                     await pipe.processor.store(obj)
-                    await release(pipe, pipe.stream, (obj.topic, obj.partition), obj.last_offset)
+                    tp = (obj.topic, obj.partition)
+                    pipe.checkpoint.archived(tp, obj.last_offset)
+                    await pipe.checkpoint.release(pipe.stream, [tp])
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
@@ -74,41 +81,64 @@ def register(app: faust.App, pipe: Pipeline) -> None:
         # them from the committed offset and cuts the same archive objects.
         tps = {(tp.topic, tp.partition) for tp in revoked}
         pipe.buffer.drop_partitions(tps)
-        for tp in tps:
-            pipe.held.pop(tp, None)
+        pipe.checkpoint.revoke(tps)
 
 
 async def send_dlq(pipe: Pipeline, event: Any, reason: str) -> None:
     m = event.message
-    await pipe.dlq_topic.send(key=m.key, value={
+    # send() + the returned future: the record is acknowledged by the broker before the event is.
+    fut = await pipe.dlq_topic.send(key=m.key, value={
         "reason": reason, "topic": m.topic, "partition": m.partition, "offset": m.offset,
         "timestamp_ms": int((m.timestamp or 0) * 1000), "key": _text(m.key), "value": _text(m.value),
         "worker": pipe.worker_id,
     })
+    await fut
     log.warning("DLQ %s[%d]@%d: %s", m.topic, m.partition, m.offset, reason)
 
 
+def _table_of(pipe: Pipeline, event: Any) -> str:
+    tid = pipe.router.topics.get(event.message.topic)
+    return tid.key if tid else event.message.topic
+
+
 async def handle_batch(pipe: Pipeline, stream: Any, batch: list[Any]) -> None:
-    processor = await pipe.ready()
-    decoded: list[ChangeEvent | None] = []
-    dlq: list[tuple[int, str]] = []
-    for i, event in enumerate(batch):
-        m = event.message
+    """Process ``batch`` until it goes through; ack only what is durable."""
+    checkpoint = pipe.checkpoint
+    checkpoint.admit(batch)
+    skipped: dict[int, str] = {}
+    attempts = 0
+    while True:
+        assert pipe.buffer is not None
+        pipe.buffer.begin()
         try:
-            decoded.append(decode(m.key, m.value, origin=KafkaOrigin(m.topic, m.partition, m.offset),
-                                  tables=pipe.router.topics))
-        except DecodeError as e:
-            decoded.append(None)
-            dlq.append((i, f"decode: {e}"))
-    try:
-        out = await processor.process(decoded, pipe.profile_of, pipe.get_state)
-    except Exception as e:  # noqa: BLE001 - isolate the poison event instead of crash-looping
-        log.warning("batch of %d failed (%s: %s); retrying event by event", len(batch), type(e).__name__, e)
-        out = await _one_by_one(pipe, decoded, dlq)
-    else:
-        dlq += out.dlq
-    for i, reason in dlq:
-        await send_dlq(pipe, batch[i], reason)
+            out, dlq = await _attempt(pipe, batch, skipped)
+        except Exception as e:  # noqa: BLE001 - never the event's fault (checkpoint.classify): wait, retry
+            pipe.buffer.rollback()
+            attempts += 1
+            delay = backoff_after(attempts)
+            culprit: int | None = getattr(e, "cdc_event_index", None)
+            first: dict[str, dict[str, Any]] = {}
+            for i, ev in sorted(enumerate(batch), key=lambda x: x[0] != culprit):
+                if i not in skipped:
+                    m = ev.message
+                    first.setdefault(_table_of(pipe, ev), {"topic": m.topic, "partition": m.partition,
+                                                             "offset": m.offset})
+            b = checkpoint.block(e, batch, first, attempts, delay, mask=mask_text)
+            log.error("blocked (%s: %s), attempt %d, retrying in %.1fs: %s", b.sink, b.reason, attempts, delay,
+                      b.error)
+            if attempts == 1:
+                log.debug("%s", traceback.format_exc())
+            if "credentials" in b.reason or b.sink == "secrets":
+                # Resolve the secrets again before the retry: the fix may be a new password.
+                await pipe.reset_clients()
+            await sleep_or_wake(delay, pipe.skip_wake)
+            _take_skips(pipe, batch, skipped, b.error, culprit)
+            continue
+        pipe.buffer.commit()
+        break
+    was = checkpoint.unblock()
+    if was is not None:
+        log.warning("unblocked after %d attempts (%s: %s)", was.attempts, was.sink, was.reason)
     # Table writes route by the *current* event, a field the stream shares with take_events'
     # background drainer, which reads it after its own awaits. So: no await from here until
     # it is restored, and it is restored to exactly what the drainer left there.
@@ -116,47 +146,65 @@ async def handle_batch(pipe: Pipeline, stream: Any, batch: list[Any]) -> None:
     try:
         apply_outcome(pipe, stream, batch, out)
         for i, _reason in dlq:
-            m = batch[i].message
-            # Undecodable records have no ChangeEvent: the topic names their table.
-            tid = pipe.router.topics.get(m.topic)
-            key = f"{tid.key if tid else m.topic}|{m.partition}"
+            key = f"{_table_of(pipe, batch[i])}|{batch[i].message.partition}"
             cur = pipe.stat(key)
             pipe.set_stat(key, {**cur, "dlq": int(cur.get("dlq", 0)) + 1})
     finally:
         stream._set_current_event(saved)
-    hold(pipe, batch, set(out.held))
+    checkpoint.settle(batch, out.held)
     for obj in out.flushed:
-        await release(pipe, stream, (obj.topic, obj.partition), obj.last_offset)
-    for tp in {(e.message.topic, e.message.partition) for e in batch}:
-        await release(pipe, stream, tp, -1)
-    for alias in out.truncated:
-        await truncate(pipe, alias)
+        checkpoint.archived((obj.topic, obj.partition), obj.last_offset)
+    await checkpoint.release(stream, {(e.message.topic, e.message.partition) for e in batch}
+                             | {(o.topic, o.partition) for o in out.flushed})
     pipe.batches += 1
     crash_point("after_batch")
 
 
-def hold(pipe: Pipeline, batch: list[Any], buffered: set[int]) -> None:
-    """Hold the acks of archive-buffered events, and of every later event of their partition.
-
-    Acks must reach Faust in offset order per partition: after a restart Faust's commit
-    check lets one acked offset right behind an unacked one through (committed + 1), so a
-    tombstone acked behind a buffered event would commit past it and lose it if the worker
-    stopped before its object was written (tests/faults/test_crash_rounds.py found this).
-    """
+async def _attempt(pipe: Pipeline, batch: list[Any], skipped: dict[int, str]) -> tuple[Outcome, list[tuple[int, str]]]:
+    """One try at the whole batch: every sink write, then the DLQ records. Raises on any
+    operational error; writes are idempotent (external versions, deterministic archive
+    objects), so a retry after a partial attempt rewrites the same data."""
+    processor = await pipe.ready()
+    decoded: list[ChangeEvent | None] = []
+    dlq: list[tuple[int, str]] = []
     for i, event in enumerate(batch):
+        if i in skipped:
+            decoded.append(None)
+            dlq.append((i, skipped[i]))
+            continue
         m = event.message
-        tp = (m.topic, m.partition)
-        if i in buffered or pipe.held.get(tp):
-            m.incref()
-            pipe.held[tp].append((event, i in buffered))
+        try:
+            decoded.append(decode(m.key, m.value, origin=KafkaOrigin(m.topic, m.partition, m.offset),
+                                  tables=pipe.router.topics))
+        except DecodeError as e:
+            decoded.append(None)
+            dlq.append((i, f"decode: {e}"))
+        except Exception as e:
+            # Not known to be the record's fault (a decoder bug, say): block on it, naming it,
+            # so that `dlq skip` can move exactly this record if an operator decides it is.
+            e.cdc_event_index = i  # type: ignore[attr-defined]
+            raise
+    out = await processor.process(decoded, pipe.profile_of, pipe.get_state)
+    dlq += out.dlq
+    for alias in out.truncated:
+        await truncate(pipe, alias)
+    for i, reason in dlq:
+        await send_dlq(pipe, batch[i], reason)
+    return out, dlq
 
 
-async def release(pipe: Pipeline, stream: Any, tp: tuple[str, int], upto: int) -> None:
-    """Ack held events in order: buffered ones up to a stored object's last offset, and
-    the unbuffered ones that only waited behind them."""
-    q = pipe.held.get(tp)
-    while q and (q[0][0].message.offset <= upto or not q[0][1]):
-        await stream.ack(q.popleft()[0])
+def _take_skips(pipe: Pipeline, batch: list[Any], skipped: dict[int, str], error: str,
+                culprit: int | None) -> None:
+    """The operator's ``dlq skip TABLE``: the event that blocks TABLE goes to the DLQ (the
+    one named by the error when known, else TABLE's first event in the batch)."""
+    for table, reason in list(pipe.skip_requests.items()):
+        for i, ev in sorted(enumerate(batch), key=lambda x: x[0] != culprit):
+            if i not in skipped and _table_of(pipe, ev) == table:
+                skipped[i] = f"skipped by operator: {reason} (it was blocked by: {error})"
+                m = ev.message
+                log.warning("operator skip: %s[%d]@%d goes to the DLQ", m.topic, m.partition, m.offset)
+                del pipe.skip_requests[table]
+                break
 
 
 def apply_outcome(pipe: Pipeline, stream: Any, batch: list[Any], out: Outcome) -> None:
@@ -166,34 +214,6 @@ def apply_outcome(pipe: Pipeline, stream: Any, batch: list[Any], out: Outcome) -
         stream._set_current_event(batch[i])
         pipe.tables.rows[rk] = state.dump()
     pipe.record_stats(stream, batch, out)
-
-
-async def _one_by_one(pipe: Pipeline, decoded: list[ChangeEvent | None], dlq: list[tuple[int, str]]) -> Outcome:
-    from cdcstream.pipeline.processor import Outcome
-
-    assert pipe.processor is not None
-    total = Outcome()
-    for i, ev in enumerate(decoded):
-        if ev is None:
-            continue
-        single: list[ChangeEvent | None] = [None] * len(decoded)
-        single[i] = ev
-        try:
-            o = await pipe.processor.process(single, pipe.profile_of, pipe.get_state)
-        except Exception as e:  # noqa: BLE001
-            dlq.append((i, f"process: {type(e).__name__}: {e}"))
-            log.debug("%s", traceback.format_exc())
-            continue
-        total.states.update(o.states)
-        for k, v in o.stats.items():
-            for n, c in v.items():
-                total.stats[k][n] += c
-        total.last_event_ms.update(o.last_event_ms)
-        total.held += o.held
-        total.flushed += o.flushed
-        total.truncated += o.truncated
-        dlq += o.dlq
-    return total
 
 
 async def truncate(pipe: Pipeline, alias: str) -> None:

@@ -162,6 +162,29 @@ def search(query: str, tables: tuple[str, ...], mode: str, size: int, filters: t
             click.echo("    " + html.unescape(h["snippet"].replace("<mark>", "[").replace("</mark>", "]")))
 
 
+@click.group("dlq")
+def dlq() -> None:
+    """The dead-letter topic and blocked tables (through the worker's API)."""
+
+
+@dlq.command("skip")
+@click.argument("table")
+@click.option("--reason", required=True, help="Why the event is at fault; kept in its DLQ record.")
+def dlq_skip(table: str, reason: str) -> None:
+    """Move the event that blocks TABLE (connector.schema.table) to the DLQ; the table resumes.
+
+    Only for an event that is at fault after all: an outage or a credential problem clears
+    by itself once fixed, with nothing in the DLQ. Ask the worker that /status shows as blocked.
+    """
+    status, data = _client(True).call("POST", "/api/dlq/skip", body={"table": table, "reason": reason})
+    if status != 202:
+        _fail(status, data)
+    p = data["skipping"]
+    click.echo(f"skipping {p['topic']}[{p['partition']}]@{p['offset']} of {data['table']} on {data['worker']}: "
+               "it goes to the DLQ at the next retry")
+
+
 def register(main: click.Group) -> None:
+    main.add_command(dlq)
     main.add_command(profiles)
     main.add_command(search)

@@ -114,6 +114,31 @@ class SourcePosition:
         return cls(version, f"{file}:{pos}#{row}")
 
 
+# The extremes of Elasticsearch's `date` type (epoch milliseconds in a signed 64-bit long):
+# PostgreSQL's +/-infinity is mirrored as these, so sorting and range queries order them
+# after (before) every finite time, as PostgreSQL does.
+FAR_FUTURE_MS = 2**63 - 1
+FAR_PAST_MS = -(2**63 - 1)  # Long.MIN_VALUE itself is refused by the date parser
+
+
+@dataclass(frozen=True, slots=True)
+class FarTime:
+    """A date or timestamp Python's ``datetime`` cannot hold: years past 9999 or before 1,
+    and PostgreSQL's ``infinity`` / ``-infinity``. Never a reason to refuse a row.
+
+    ``text`` is the value as the source writes it (ISO 8601 with a signed, wider year, or
+    ``infinity``/``-infinity``), kept in the archive and in the document's ``_cdc.special``;
+    ``epoch_ms`` is what the mirror's ``date`` field holds (``FAR_FUTURE_MS`` /
+    ``FAR_PAST_MS`` for the infinities).
+    """
+
+    text: str
+    epoch_ms: int
+
+    def __str__(self) -> str:
+        return self.text
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaOrigin:
     topic: str

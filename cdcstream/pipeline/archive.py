@@ -35,6 +35,49 @@ class ArchiveBuffer:
         self._buf: dict[tuple[str, int], _Buffer] = {}
         # Per partition, the newest (version, op) archived or buffered per key, most recent last.
         self._seen: dict[tuple[str, int], OrderedDict[str, tuple[int, str]]] = {}
+        # Undo records of the open attempt (begin/rollback): a batch that fails is retried
+        # whole, and its archive events must then be buffered again, not taken for re-sends.
+        self._undo_seen: list[tuple[tuple[str, int], str, tuple[int, str] | None]] | None = None
+        self._undo_buf: dict[tuple[str, int], _Buffer | None] = {}
+
+    def begin(self) -> None:
+        """Open an attempt: what ``add``/``duplicate`` change until ``commit`` can be undone."""
+        self._undo_seen, self._undo_buf = [], {}
+
+    def commit(self) -> None:
+        self._undo_seen, self._undo_buf = None, {}
+
+    def rollback(self) -> None:
+        """Undo the open attempt: buffers and re-send memory as they were at ``begin``.
+
+        Objects the attempt cut are cut again by the retry at the same offsets (boundaries
+        depend only on the records), so storing them twice writes the same bytes under the
+        same names.
+        """
+        if self._undo_seen is None:
+            return
+        for tp, key, mark in reversed(self._undo_seen):
+            seen = self._seen.setdefault(tp, OrderedDict())
+            if mark is None:
+                seen.pop(key, None)
+            else:
+                seen[key] = mark
+        for tp, b in self._undo_buf.items():
+            if b is None:
+                self._buf.pop(tp, None)
+            else:
+                self._buf[tp] = b
+        self.commit()
+
+    def _note_seen(self, tp: tuple[str, int], key: str, mark: tuple[int, str] | None) -> None:
+        if self._undo_seen is not None:
+            self._undo_seen.append((tp, key, mark))
+
+    def _note_buf(self, tp: tuple[str, int]) -> None:
+        if self._undo_seen is not None and tp not in self._undo_buf:
+            b = self._buf.get(tp)
+            self._undo_buf[tp] = None if b is None else _Buffer(list(b.lines), b.size, b.first, b.last, b.day,
+                                                                 b.prefix, b.opened_at)
 
     def duplicate(self, ev: ChangeEvent) -> bool:
         """True for an event already archived by source position: Debezium delivers at least
@@ -47,16 +90,19 @@ class ArchiveBuffer:
         a replay after a revoke or a crash is never mistaken for one.
         """
         assert ev.origin is not None
-        seen = self._seen.setdefault((ev.origin.topic, ev.origin.partition), OrderedDict())
+        tp = (ev.origin.topic, ev.origin.partition)
+        seen = self._seen.setdefault(tp, OrderedDict())
         key = ev.doc_id
         mark = (ev.position.version, ev.op.value)
         last = seen.get(key)
         if last is not None and (mark[0] < last[0] or mark == last):
             return True
+        self._note_seen(tp, key, last)
         seen[key] = mark
         seen.move_to_end(key)
         if len(seen) > self.remember_keys:
-            seen.popitem(last=False)
+            old_key, old_mark = seen.popitem(last=False)
+            self._note_seen(tp, old_key, old_mark)
         return False
 
     @staticmethod
@@ -67,6 +113,7 @@ class ArchiveBuffer:
         """Buffer ``ev``; return the objects its arrival completed (at most two)."""
         assert ev.origin is not None, "archived events need their Kafka origin"
         tp = (ev.origin.topic, ev.origin.partition)
+        self._note_buf(tp)
         out: list[ArchiveObject] = []
         day = self._day(ev)
         b = self._buf.get(tp)

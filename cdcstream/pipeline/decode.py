@@ -9,12 +9,16 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import re
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
 from cdcstream.core.events import (
+    FAR_FUTURE_MS,
+    FAR_PAST_MS,
     ChangeEvent,
+    FarTime,
     KafkaOrigin,
     Op,
     PositionOverflow,
@@ -64,27 +68,128 @@ def _variable_scale_decimal(value: Any, schema: Mapping[str, Any]) -> Decimal | 
     return _exact(unscaled, int(value["scale"]))
 
 
-def _date(value: Any, schema: Mapping[str, Any]) -> dt.date | None:
-    return None if value is None else EPOCH_DATE + dt.timedelta(days=int(value))
+def _days_from_civil(y: int, m: int, d: int) -> int:
+    """Days since 1970-01-01 in the proleptic Gregorian calendar, for any year (H. Hinnant)."""
+    y -= m <= 2
+    era = (y if y >= 0 else y - 399) // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
 
 
-def _ts_ms(value: Any, schema: Mapping[str, Any]) -> dt.datetime | None:
-    return None if value is None else EPOCH + dt.timedelta(milliseconds=int(value))
+def _civil_from_days(z: int) -> tuple[int, int, int]:
+    z += 719468
+    era = (z if z >= 0 else z - 146096) // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + (3 if mp < 10 else -9)
+    return yoe + era * 400 + (m <= 2), m, d
 
 
-def _ts_us(value: Any, schema: Mapping[str, Any]) -> dt.datetime | None:
-    return None if value is None else EPOCH + dt.timedelta(microseconds=int(value))
+def _year_text(y: int) -> str:
+    # ISO 8601's expanded years: a sign and at least 4 digits beyond 0000..9999.
+    return f"{y:04d}" if 0 <= y <= 9999 else f"{'+' if y > 0 else '-'}{abs(y):04d}"
 
 
-def _ts_ns(value: Any, schema: Mapping[str, Any]) -> dt.datetime | None:
-    # Python datetimes hold microseconds: nanoseconds are truncated, never rounded up.
-    return None if value is None else EPOCH + dt.timedelta(microseconds=int(value) // 1000)
+def _far_from_us(us: int) -> FarTime:
+    days, rest = divmod(us, 86_400_000_000)
+    y, m, d = _civil_from_days(days)
+    s, frac = divmod(rest, 1_000_000)
+    hh, mm, ss = s // 3600, s // 60 % 60, s % 60
+    text = f"{_year_text(y)}-{m:02d}-{d:02d}T{hh:02d}:{mm:02d}:{ss:02d}" + (f".{frac:06d}" if frac else "")
+    return FarTime(text, us // 1000)
 
 
-def _zoned(value: Any, schema: Mapping[str, Any]) -> dt.datetime | None:
+# How +/-infinity arrives (seen on the real stack, Debezium 3.6 + PostgreSQL 15): timestamps
+# carry pgjdbc's DATE_POSITIVE_INFINITY / DATE_NEGATIVE_INFINITY constants as their epoch
+# value (in the field's unit: microseconds for MicroTimestamp); dates carry those constants
+# converted to days with an int overflow: -2147472692 for infinity, -2147472691 for
+# -infinity, both far outside PostgreSQL's own date range (4713 BC to 5874897 AD). The
+# int64 and int32 extremes are read as infinities too.
+_INFINITE_US = {9223372036825200000: "infinity", -9223372036832400000: "-infinity",
+                2**63 - 1: "infinity", -(2**63): "-infinity"}
+_INFINITE_DAYS = {-2147472692: "infinity", -2147472691: "-infinity", 2**31 - 1: "infinity", -(2**31): "-infinity"}
+
+
+def _infinite(text: str) -> FarTime:
+    return FarTime(text, FAR_FUTURE_MS if text == "infinity" else FAR_PAST_MS)
+
+
+def _far_int(value: int, unit_us: int) -> FarTime:
+    for v in (value, value * unit_us):
+        if v in _INFINITE_US:
+            return _infinite(_INFINITE_US[v])
+    return _far_from_us(value * unit_us)
+
+
+def _date(value: Any, schema: Mapping[str, Any]) -> dt.date | FarTime | None:
     if value is None:
         return None
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    days = int(value)
+    if days in _INFINITE_DAYS:
+        return _infinite(_INFINITE_DAYS[days])
+    try:
+        return EPOCH_DATE + dt.timedelta(days=days)
+    except OverflowError:
+        y, m, d = _civil_from_days(days)
+        return FarTime(f"{_year_text(y)}-{m:02d}-{d:02d}", days * 86_400_000)
+
+
+def _epoch_plus(value: Any, unit_us: int) -> dt.datetime | FarTime | None:
+    """``value`` units after the epoch (``unit_us`` microseconds each), or a ``FarTime``."""
+    if value is None:
+        return None
+    v = int(value)
+    try:
+        return EPOCH + dt.timedelta(microseconds=v * unit_us)
+    except OverflowError:
+        return _far_int(v, unit_us)
+
+
+def _ts_ms(value: Any, schema: Mapping[str, Any]) -> dt.datetime | FarTime | None:
+    return _epoch_plus(value, 1000)
+
+
+def _ts_us(value: Any, schema: Mapping[str, Any]) -> dt.datetime | FarTime | None:
+    return _epoch_plus(value, 1)
+
+
+def _ts_ns(value: Any, schema: Mapping[str, Any]) -> dt.datetime | FarTime | None:
+    # Python datetimes hold microseconds: nanoseconds are truncated, never rounded up.
+    if value is None:
+        return None
+    v = int(value)
+    return _far_int(v, 1) if v in _INFINITE_US else _epoch_plus(v // 1000, 1)
+
+
+_ISO = re.compile(r"^([+-]?\d{4,})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(\.\d+)?(Z|[+-]\d\d(?::?\d\d)?)?$")
+
+
+def _zoned(value: Any, schema: Mapping[str, Any]) -> dt.datetime | FarTime | None:
+    if value is None:
+        return None
+    text = str(value)
+    try:
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        pass
+    low = text.strip().lower()
+    if low in ("infinity", "+infinity", "-infinity"):
+        return _infinite(low.lstrip("+"))
+    m = _ISO.match(text.strip())
+    if m is None:
+        raise DecodeError(f"{schema.get('name')} value {text[:64]!r} is not an ISO 8601 timestamp")
+    y, mo, d, hh, mi, ss = (int(m.group(i)) for i in range(1, 7))
+    frac = int((m.group(7) or ".0")[1:7].ljust(6, "0"))
+    off = m.group(8) or "Z"
+    off_s = 0 if off == "Z" else (1 if off[0] == "+" else -1) * (int(off[1:3]) * 3600 + int(off[-2:]) * 60
+                                                              if len(off) > 3 else int(off[1:3]) * 3600)
+    us = ((_days_from_civil(y, mo, d) * 86400 + hh * 3600 + mi * 60 + ss - off_s) * 1_000_000) + frac
+    return FarTime(text, us // 1000)
 
 
 def _time_of(us: int) -> dt.time:

@@ -4,10 +4,10 @@ the sink clients (built lazily inside the running loop), profiles and counters."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
-from collections import defaultdict, deque
 from typing import Any
 
 import faust
@@ -26,6 +26,7 @@ from cdcstream.pipeline.chunking import Chunker
 from cdcstream.pipeline.embeddings import Embedder
 from cdcstream.pipeline.processor import BatchProcessor
 from cdcstream.pipeline.tokens import get_encoding
+from cdcstream.runtime.checkpoint import Checkpoint
 from cdcstream.sinks.archive import open_store
 from cdcstream.sinks.base import ArchiveStore, Mirror
 from cdcstream.sinks.elasticsearch import EsMirror, client_options
@@ -51,7 +52,12 @@ class Pipeline:
         self.archive: ArchiveStore | None = None
         self.embedder: Embedder | None = None
         self._ready = asyncio.Lock()
-        self.held: dict[tuple[str, int], deque[Any]] = defaultdict(deque)
+        # The one owner of acks and of the blocked state (runtime/checkpoint.py).
+        self.checkpoint = Checkpoint()
+        # Table key -> the operator's reason: move the blocking event of that table to the DLQ
+        # (`cdcstream dlq skip`); ``skip_wake`` cuts the blocked batch's backoff short.
+        self.skip_requests: dict[str, str] = {}
+        self.skip_wake = asyncio.Event()
         self.buffer = ArchiveBuffer(settings.archive_max_records, settings.archive_max_bytes)
         self.control_topic = app.topic(f"{settings.app_id}-control", partitions=1, internal=True,
                                        value_serializer="json", key_serializer="raw")
@@ -102,6 +108,16 @@ class Pipeline:
             self.processor = BatchProcessor(self.router, self.mirror, self.archive, self.embedder, chunker,
                                             archive_buffer=self.buffer, embed_dims=s.embed_dimensions)
             return self.processor
+
+    async def reset_clients(self) -> None:
+        """Forget the sink clients: the next batch builds them again from freshly resolved
+        secrets (a rotated or corrected password is picked up without a restart)."""
+        async with self._ready:
+            es, self.es = self.es, None
+            self.processor = self.mirror = self.archive = self.embedder = None
+        if es is not None:
+            with contextlib.suppress(Exception):
+                await es.close()
 
     # --- profiles -------------------------------------------------------------------------
     def profile_of(self, ev: ChangeEvent) -> ProcessingProfile:

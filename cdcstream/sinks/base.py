@@ -7,6 +7,20 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 
+class SinkUnavailable(Exception):
+    """A sink cannot take writes now (credentials, a closed or missing index, a mapping conflict
+    at index level...). Operational: the batch waits and retries; no event is at fault.
+
+    ``reason`` is a short stable label (shown on /status and as a metric label); the details
+    go in the message.
+    """
+
+    def __init__(self, sink: str, reason: str, detail: str = "") -> None:
+        super().__init__(f"{sink}: {reason}" + (f" ({detail})" if detail else ""))
+        self.sink = sink
+        self.reason = reason
+
+
 @dataclass(slots=True)
 class ArchiveObject:
     name: str

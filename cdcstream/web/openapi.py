@@ -77,6 +77,10 @@ def document(read_security: bool, example_table: str | None = None) -> dict[str,
                         "drop_index": {"type": "boolean", "default": False,
                                        "description": "Into `archive`: also delete the row index."},
                     }},
+                "Skip": {
+                    "type": "object", "additionalProperties": False, "required": ["table", "reason"],
+                    "properties": {"table": {"type": "string", "minLength": 1},
+                                   "reason": {"type": "string", "minLength": 1, "maxLength": 500}}},
                 "Replay": {
                     "type": "object", "additionalProperties": False,
                     "properties": {
@@ -111,6 +115,10 @@ def document(read_security: bool, example_table: str | None = None) -> dict[str,
             "/api/dlq/replay": {"post": op("Re-send dead-lettered records to their original topic and partition",
                                            security=bearer, body={"$ref": "#/components/schemas/Replay"},
                                            op_id="replayDlq")},
+            "/api/dlq/skip": {"post": op("Move the event that blocks a table on this worker to the DLQ with a reason "
+                                         "(the table's partition then resumes); 409 when the table is not blocked",
+                                         security=bearer, body={"$ref": "#/components/schemas/Skip"},
+                                         op_id="skipBlocked")},
             "/api/search": {"get": op(
                 "Search the mirror: keyword, semantic (kNN over chunks) or hybrid (RRF, k=60). Field filters: "
                 "`filter.<column>=value` and `range.<column>=lo..hi` (see docs/api.md)", security=read_sec,

@@ -135,6 +135,12 @@ def render_status(snap: dict[str, Any]) -> str:
                      f'<td class="l">{tasks}</td><td class="l">{slot_txt}</td>'
                      f'<td class="err">{_e(c["error"]) if c["error"] else ""}</td></tr>')
     workers = " · ".join(f'{_e(w)} {"" if v.get("live") else "(stale)"}' for w, v in sorted(snap["workers"].items()))
+    blocked = "".join(
+        f'<p class="bad" id="blocked">blocked for {_e(b["for_s"])} s waiting for <b>{_e(b["sink"])}</b>: '
+        f'{_e(b["reason"])} — {_e(b["error"])} (attempt {_e(b["attempts"])}, next retry in {_e(b["retry_in_s"])} s; '
+        f'tables {_e(", ".join(b["tables"]))}; nothing is acked meanwhile: fix the cause, or '
+        f'<code>cdcstream dlq skip TABLE</code> if the event is at fault)</p>'
+        for b in snap.get("blocked") or [])
     lag_err = f'<p class="bad">consumer lag unavailable: {_e(snap["lag_error"])}</p>' if snap.get("lag_error") else ""
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap["ts"]))
     return f"""<!doctype html>
@@ -146,6 +152,7 @@ def render_status(snap: dict[str, Any]) -> str:
 <h1>cdcstream status</h1>
 <p class="muted">served by {_e(snap["worker"])} at {_e(when)} · cluster-wide totals · refreshes every {REFRESH_S} s
 · workers: {workers or "none yet"} · <a href="/metrics">metrics</a> · <a href="/api/openapi.json">API</a></p>
+{blocked}
 <h2>Throughput and lag</h2>
 {chart_svg(snap.get("series") or [])}
 {lag_err}

@@ -383,7 +383,16 @@ class StatusService:
         return {"worker": self.pipe.worker_id, "ts": time.time(), "tables": tables, "connectors": conns,
                 "workers": self.workers(), "series": self.sampler.series(), "lag_error": self.sampler.lag_error,
                 "in_flight": {"messages": int(self.pipe.app.monitor.messages_active),
-                              "cap": in_flight_cap(self.pipe.settings, self.pipe.router)}}
+                              "cap": in_flight_cap(self.pipe.settings, self.pipe.router)},
+                "blocked": self.blocked()}
+
+    def blocked(self) -> list[dict[str, Any]]:
+        """Sinks this worker waits for (an operational error; nothing is acked meanwhile)."""
+        b = self.pipe.checkpoint.blocked
+        if b is None:
+            return []
+        return [{**b.view(), "worker": self.pipe.worker_id,
+                 "for_s": round(max(0.0, time.time() - b.since_ms / 1000), 1)}]
 
 
 def in_flight_cap(settings: Any, router: Router) -> int:

@@ -252,7 +252,7 @@ def register(app: faust.App, pipe: Pipeline) -> None:
     class Tables(Base):
         async def get(self, request: Request, **kwargs: Any) -> Response:
             return self.json({"tables": await svc.tables(), "worker": pipe.worker_id, "ts": time.time(),
-                              "lag_error": svc.sampler.lag_error})
+                              "lag_error": svc.sampler.lag_error, "blocked": svc.blocked()})
 
     @app.page("/api/tables/{table}")
     class Table(Base):
@@ -301,6 +301,27 @@ def register(app: faust.App, pipe: Pipeline) -> None:
         async def post(self, request: Request, **kwargs: Any) -> Response:
             offsets = parse_replay(await self.body(request))
             return self.json(await replay(pipe, offsets))
+
+    @app.page("/api/dlq/skip")
+    class DlqSkip(Base):
+        async def post(self, request: Request, **kwargs: Any) -> Response:
+            body = await self.body(request)
+            unknown = sorted(set(body) - {"table", "reason"})
+            if unknown or not isinstance(body.get("table"), str) or not isinstance(body.get("reason", ""), str):
+                raise bad("expected {\"table\": \"<table id>\", \"reason\": \"<why the event is at fault>\"}")
+            route = self.route_of(body["table"])
+            reason = (body.get("reason") or "").strip()[:500]
+            if not reason:
+                raise bad("a reason is required: it goes into the DLQ record")
+            blocked = pipe.checkpoint.blocked
+            key = route.table_id.key
+            if blocked is None or key not in blocked.positions:
+                raise HttpError(409, f"{table_id(route)} is not blocked on this worker ({pipe.worker_id}); "
+                                     "nothing to skip", blocked=svc.blocked())
+            pipe.skip_requests[key] = reason
+            pipe.skip_wake.set()
+            return self.json({"skipping": blocked.positions[key], "table": table_id(route), "reason": reason,
+                              "worker": pipe.worker_id}, status=202)
 
     @app.page("/api/search")
     class Search(Base):

@@ -52,12 +52,11 @@ def test_regression_acks_stay_in_offset_order_behind_a_buffered_event() -> None:
     """Bug: a tombstone acked behind an archive-buffered event let Faust (after a restart,
     committed offset c, acked [c + 1]) commit past the buffered event; a clean stop before
     its object was written lost it from the archive. Every later event of the partition is
-    now held too, and acks are released strictly in offset order."""
+    now held too, and acks are released strictly in offset order (runtime/checkpoint.py)."""
     import asyncio
-    from collections import defaultdict, deque
     from types import SimpleNamespace
 
-    from agents.changes import hold, release
+    from cdcstream.runtime.checkpoint import Checkpoint
 
     def ev(offset: int) -> SimpleNamespace:
         m = Message("t", 0, offset, 0.0, 0, None, b"k", b"v", None, tp=TP("t", 0))
@@ -70,20 +69,52 @@ def test_regression_acks_stay_in_offset_order_behind_a_buffered_event() -> None:
         async def ack(self, event: SimpleNamespace) -> None:
             acked.append(event.message.offset)
 
-    pipe = SimpleNamespace(held=defaultdict(deque))
+    cp = Checkpoint()
     batch = [ev(10), ev(11), ev(12)]  # 10 buffered, 11 a tombstone, 12 buffered
-    hold(pipe, batch, {0, 2})  # type: ignore[arg-type]
-    asyncio.run(release(pipe, Stream(), ("t", 0), -1))  # type: ignore[arg-type]
-    assert acked == [] and len(pipe.held[("t", 0)]) == 3
-    asyncio.run(release(pipe, Stream(), ("t", 0), 10))  # an object [..10] stored
+    cp.admit(batch)
+    cp.settle(batch, {0, 2})
+    asyncio.run(cp.release(Stream()))
+    assert acked == [] and cp.held() == {("t", 0): 3}
+    cp.archived(("t", 0), 10)  # an object [..10] stored
+    asyncio.run(cp.release(Stream()))
     assert acked == [10, 11]  # the tombstone follows the event it waited behind
     later = [ev(13)]  # nothing buffered before it any more... except 12
-    hold(pipe, later, set())  # type: ignore[arg-type]
-    asyncio.run(release(pipe, Stream(), ("t", 0), 12))
+    cp.admit(later)
+    cp.settle(later, set())
+    asyncio.run(cp.release(Stream()))
+    assert acked == [10, 11]  # 13 waits behind 12
+    cp.archived(("t", 0), 12)
+    asyncio.run(cp.release(Stream()))
     assert acked == [10, 11, 12, 13]
-    assert not pipe.held[("t", 0)]
-    hold(pipe, [ev(14)], set())  # type: ignore[arg-type]
-    assert not pipe.held[("t", 0)]  # nothing held: acked by take_events as usual
+    assert cp.held() == {}
+    cp.admit([e14 := ev(14)])
+    cp.settle([e14], set())
+    asyncio.run(cp.release(Stream()))
+    assert acked[-1] == 14 and cp.held() == {}  # nothing buffered before it: released at once
+
+
+def test_regression_a_batch_is_never_acked_before_it_settles() -> None:
+    """Bug (issue 16, path 1): an exception escaping the batch handler closed take_events'
+    generator, whose ``finally`` acked the whole batch: events with no write and no DLQ
+    record were committed. Admitted events keep a reference until they settle, so Faust's
+    own ack alone never completes them."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from cdcstream.runtime.checkpoint import Checkpoint
+
+    class Consumer:
+        pass
+
+    m = Message("t", 0, 5, 0.0, 0, None, b"k", b"v", None, tp=TP("t", 0))
+    m.incref()  # the stream's own reference, dropped by take_events' finally
+    cp = Checkpoint()
+    cp.admit([SimpleNamespace(message=m)])
+    assert m.ack(Consumer()) is False  # take_events' finally: not acked, ours is still held
+    assert m.acked is False
+    cp.revoke([("t", 0)])  # a stop: nothing is released
+    asyncio.run(cp.release(SimpleNamespace(ack=lambda e: None)))
+    assert m.acked is False
 
 
 def test_regression_stats_increments_not_lost_while_the_table_lags() -> None:
