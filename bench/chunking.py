@@ -28,6 +28,7 @@ import requests
 
 from bench import common
 from bench.common import Es, WorkerProc, median
+from tests.support import delete_topics, free_port, topics_starting, wait_until
 
 CHUNK_TARGET = 0.5
 FILL_TARGET = 0.9
@@ -150,22 +151,16 @@ class PrivateEmbeddings:
         from cdcstream.stack.base import StackPaths
         from cdcstream.stack.services.embeddings import EmbeddingsService
 
-        self.port = common.free_port()
+        self.port = free_port()
         svc = EmbeddingsService(StackPaths())
         script = common.ROOT / "cdcstream" / "stack" / "embedserver.py"
         self.log = (tmp / "embeddings.log").open("ab")
         self.proc = subprocess.Popen([str(svc.python), str(script), "--host", "127.0.0.1", "--port", str(self.port),
                                       "--threads", str(threads)], stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
-                    return
-            if self.proc.poll() is not None:
-                raise RuntimeError("private embeddings server exited at start")
-            time.sleep(0.5)
-        raise RuntimeError("private embeddings server did not become healthy")
+        wait_until(lambda: requests.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200,
+                   120, what="the private embeddings server healthy",
+                   abort=lambda: "private embeddings server exited at start" if self.proc.poll() is not None else None)
 
     @property
     def base_url(self) -> str:
@@ -401,6 +396,6 @@ def _cleanup_fill(prefix: str, es: Es, app_id: str, hashes: set[str], st: dict[s
     with contextlib.suppress(Exception):
         es.delete_matching(f"{prefix}-*")
     with contextlib.suppress(Exception):
-        common.delete_topics_with_prefix(prefix)
+        delete_topics(topics_starting(prefix))
     common.delete_consumer_groups([app_id])
 

@@ -8,7 +8,8 @@
   The worker subscribes to every topic of its config that exists in Kafka
   (``cdcstream/runtime/app.py: create_app``), so no connector has to exist: the config only has to
   name a connector whose ``topic_prefix`` is the preloaded topic's prefix.
-* Clean-up by exact name: topics, indices, consumer groups, objects.
+* Clean-up by exact name: topics, indices, consumer groups, objects (topics, free ports and the
+  worker API client come from ``tests.support``, shared with the tests).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from tests.support import WorkerApi, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOTSTRAP = "127.0.0.1:9092"
@@ -48,12 +50,6 @@ def stack() -> dict[str, dict[str, Any]]:
 
 def new_tag() -> str:
     return uuid.uuid4().hex[:8]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def median(xs: Sequence[float | None]) -> float:
@@ -306,20 +302,6 @@ async def end_offsets(topic: str) -> dict[int, int]:
         await c.stop()
 
 
-def delete_topics_with_prefix(*prefixes: str) -> list[str]:
-    async def go() -> list[str]:
-        admin = await _admin()
-        try:
-            names = [t for t in await admin.list_topics() if t.startswith(prefixes)]
-            if names:
-                await admin.delete_topics(names)
-            return names
-        finally:
-            await admin.close()
-
-    return asyncio.run(go())
-
-
 def delete_consumer_groups(groups: list[str]) -> None:
     """aiokafka's admin has no delete_consumer_groups: send DeleteGroups to each coordinator."""
     from aiokafka.protocol.admin import DeleteGroupsRequest
@@ -443,7 +425,8 @@ class WorkerProc:
         return self.proc is not None and self.proc.poll() is None
 
     def api(self, path: str) -> Any:
-        return requests.get(f"http://127.0.0.1:{self.web_port}{path}", timeout=10).json()
+        """GET ``path`` of this worker's HTTP API, decoded."""
+        return WorkerApi(self.web_port, timeout=10).json(path)
 
     def stop(self) -> None:
         p = self.proc

@@ -31,6 +31,7 @@ import psycopg
 from psycopg import sql
 
 from bench import common
+from tests.support import CONNECTION_ERRORS, removal_spec, teardown_connector, topics_starting, wait_until
 
 ROWS = {"smoke": 5_000, "full": 1_000_000}
 CHANGED = 100
@@ -119,15 +120,12 @@ class Run:
         # counted against its rate: the topic is created first, as Connect would create it.
         asyncio.run(common.create_topic(self.topic, 4))
         self.worker = common.WorkerProc(self.tmp, self.app_id, self.env())
-        self.worker.start()
-        ready = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(Exception):
-                if self.worker.api("/api/tables")["tables"]:
-                    break
-            if time.monotonic() > ready or not self.worker.alive():
-                raise RuntimeError(f"worker not ready:\n{self.worker.tail()}")
-            time.sleep(0.5)
+        worker = self.worker
+        worker.start()
+        # An answer without "tables" ({"error": ...} while starting) is "not ready yet" too.
+        wait_until(lambda: worker.api("/api/tables")["tables"], 120, what="the worker ready",
+                   retry_on=(*CONNECTION_ERRORS, KeyError), detail=worker.tail,
+                   abort=lambda: None if worker.alive() else f"worker exited:\n{worker.tail()}")
         time.sleep(3)
         t0 = time.monotonic()
         apply(load_config(self.config), ConnectClient(), Resolver(), common.BOOTSTRAP, log_fn=lambda _m: None)
@@ -201,27 +199,16 @@ class Run:
                 "all_changes_visible_s": round(done, 2), "worker_rss_mb": _rss_mb(self.worker.proc.pid)}
 
     def cleanup(self) -> None:
-        from cdcstream.core.config import load_config
-        from cdcstream.core.resolver import Resolver
-        from cdcstream.ops.credentials import resolve_credentials
-        from cdcstream.ops.kconnect import ConnectClient
-        from cdcstream.ops.lifecycle import drop_slot_and_publication
+        from cdcstream.ops.credentials import Credentials
 
         if self.worker is not None:
             self.worker.stop()
-        client = ConnectClient()
-        with contextlib.suppress(Exception):
-            if client.get_config(self.name) is not None:
-                client.stop(self.name)
-                client.wait_state(self.name, ("STOPPED",), tasks=False, timeout=60)
-                client.delete(self.name)
-        with contextlib.suppress(Exception):
-            spec = load_config(self.config).connectors[0]
-            drop_slot_and_publication(spec, resolve_credentials(spec, Resolver()), timeout=60)
+        # Connector, slot, publication and its topics, then the worker's topics (app id).
+        teardown_connector(removal_spec(self.name, "postgres", self.db, host=self.pg["host"], port=self.pg["port"]),
+                           Credentials(self.pg["user"], self.pg["password"]),
+                           also_topics=topics_starting(self.name, self.app_id))
         with contextlib.suppress(Exception):
             self.es.delete_matching(f"{self.name}-*")
-        with contextlib.suppress(Exception):
-            common.delete_topics_with_prefix(self.name, self.app_id)
         with contextlib.suppress(Exception):
             common.delete_consumer_groups([self.app_id])
         with contextlib.suppress(Exception), self.su() as c:

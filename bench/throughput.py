@@ -39,6 +39,7 @@ from typing import Any
 
 from bench import common
 from bench.common import DebeziumOrders, Es, Expected, WorkerProc, median
+from tests.support import delete_topics, topics_starting
 
 PARTITIONS = 4
 TARGET = 0.8
@@ -425,7 +426,7 @@ def _cleanup(prefix: str, es: Es, s3: S3 | None, groups: list[str]) -> None:
         with contextlib.suppress(Exception):
             s3.delete(prefix)
     with contextlib.suppress(Exception):
-        common.delete_topics_with_prefix(prefix)
+        delete_topics(topics_starting(prefix))
     common.delete_consumer_groups(groups)
 
 

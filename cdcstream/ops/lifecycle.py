@@ -243,6 +243,53 @@ def delete_connector(client: ConnectClient, spec: ConnectorSpec, creds: Credenti
             log_fn(f"deleted schema-history topic {topic}")
 
 
+def _connector_topics(kafka_bootstrap: str, spec: ConnectorSpec) -> list[str]:
+    """The topics ``spec``'s connector writes that exist now: ``<prefix>`` (MariaDB/MySQL schema
+    changes), ``<prefix>.*`` (tables, signal and heartbeat tables) and Debezium's heartbeat topic."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    prefix = spec.prefix
+
+    async def go() -> list[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap, request_timeout_ms=15000)
+        await admin.start()
+        try:
+            return sorted(t for t in await admin.list_topics()
+                          if t == prefix or t.startswith(prefix + ".") or t == f"__debezium-heartbeat.{prefix}")
+        finally:
+            await admin.close()
+
+    return asyncio.run(go())
+
+
+def remove_connector(client: ConnectClient, spec: ConnectorSpec, creds: Credentials, kafka_bootstrap: str,
+                     *, topics: bool = True, log_fn: Callable[[str], None] = print) -> None:
+    """Remove ``spec``'s connector and what it leaves behind, so that nothing of it stays.
+
+    A connector that exists in Kafka Connect goes through ``delete_connector(drop_slot=True)``
+    (stopped, offsets reset, deleted; then the PostgreSQL slot and publication, or the
+    MariaDB/MySQL schema-history topic). One that does not exist only loses its slot and
+    publication or its schema-history topic: nothing is created in Connect to reach offsets
+    (``delete_connector`` does that). With ``topics``, its topics go last (``<prefix>``,
+    ``<prefix>.*`` and ``__debezium-heartbeat.<prefix>``); a task still running would
+    re-create them, so they follow the connector. ``creds`` only need to reach the source
+    database (a superuser does). A failing step raises: the later ones would fail or be undone.
+    """
+    if client.get_config(spec.name) is not None:
+        delete_connector(client, spec, creds, kafka_bootstrap, drop_slot=True, log_fn=log_fn)
+    elif spec.connection.kind == "postgres":
+        for line in drop_slot_and_publication(spec, creds):
+            log_fn(line)
+    else:
+        for topic in _delete_topics(kafka_bootstrap, [debezium.schema_history_topic(spec)]):
+            log_fn(f"deleted schema-history topic {topic}")
+    if topics:
+        for topic in _delete_topics(kafka_bootstrap, _connector_topics(kafka_bootstrap, spec)):
+            log_fn(f"deleted topic {topic}")
+
+
 def preflight_mariadb(spec: ConnectorSpec, creds: Credentials) -> list[Finding]:
     out: list[Finding] = []
     with connect_mariadb(spec, creds) as conn, conn.cursor() as cur:

@@ -10,10 +10,8 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,9 +24,18 @@ from psycopg import sql
 
 from cdcstream.core.config import load_config
 from cdcstream.core.resolver import Resolver
-from cdcstream.ops.credentials import resolve_credentials
+from cdcstream.ops.credentials import Credentials
 from cdcstream.ops.kconnect import ConnectClient
-from cdcstream.ops.lifecycle import apply, drop_slot_and_publication
+from cdcstream.ops.lifecycle import apply
+from tests.support import (
+    CONNECTION_ERRORS,
+    WorkerApi,
+    free_port,
+    removal_spec,
+    teardown_connector,
+    topics_starting,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,12 +46,6 @@ CREATE TABLE public.orders (id INT PRIMARY KEY, customer TEXT NOT NULL, amount N
                             status TEXT NOT NULL DEFAULT 'new', ordered_at TIMESTAMP NOT NULL DEFAULT now());
 CREATE TABLE public.audit_log (id BIGINT PRIMARY KEY, actor TEXT NOT NULL, action TEXT NOT NULL);
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -116,7 +117,8 @@ class Pipeline:
         return p.read_text(errors="replace")[-6000:] if p.exists() else ""
 
     def api(self, path: str) -> Any:
-        return requests.get(f"http://127.0.0.1:{self.web_port}{path}", timeout=5).json()
+        """GET ``path`` of the worker's HTTP API, decoded (tests that write make a ``WorkerApi`` with the token)."""
+        return WorkerApi(self.web_port, timeout=5).json(path)
 
     # --- mirror --------------------------------------------------------------------
     def es(self, method: str, path: str, body: Any = None) -> Any:
@@ -131,17 +133,18 @@ class Pipeline:
             return {}
         return {h["_id"]: h["_source"] for h in r["hits"]["hits"]}
 
-    def wait(self, what: str, check: Callable[[], bool], timeout: float = 120, worker_may_exit: bool = False) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not worker_may_exit and self.worker is not None and self.worker.poll() is not None:
-                raise AssertionError(f"worker exited ({self.worker.returncode}) while waiting for {what}:\n"
-                                     f"{self.worker_log()}")
-            with contextlib.suppress(Exception):
-                if check():
-                    return
-            time.sleep(0.5)
-        raise AssertionError(f"timed out waiting for {what}\n--- worker log:\n{self.worker_log()}")
+    def wait(self, what: str, check: Callable[[], object], timeout: float = 120, worker_may_exit: bool = False,
+             retry_on: tuple[type[BaseException], ...] = CONNECTION_ERRORS) -> None:
+        """``tests.support.wait_until``, failing at once when the worker exits (unless it may) and
+        showing the worker's log on a timeout."""
+
+        def worker_exited() -> str | None:
+            if worker_may_exit or self.worker is None or self.worker.poll() is None:
+                return None
+            return f"worker exited ({self.worker.returncode}):\n{self.worker_log()}"
+
+        wait_until(check, timeout, what=what, retry_on=retry_on, abort=worker_exited,
+                   detail=lambda: f"--- worker log:\n{self.worker_log()}")
 
     def embed_stats(self) -> dict[str, int]:
         return dict(requests.get(self.embed["stats_url"], timeout=5).json())
@@ -179,45 +182,17 @@ def pipeline(tmp: Path, pg: dict[str, Any], es: dict[str, Any], embed: dict[str,
 
 
 def _cleanup(p: Pipeline, su: dict[str, Any]) -> None:
-    client = ConnectClient()
-    with contextlib.suppress(Exception):
-        if client.get_config(p.connector) is not None:
-            client.stop(p.connector)
-            client.wait_state(p.connector, ("STOPPED",), tasks=False, timeout=30)
-            client.delete(p.connector)
-    with contextlib.suppress(Exception):
-        cfg = load_config(p.config_path)
-        spec = cfg.connectors[0]
-        drop_slot_and_publication(spec, resolve_credentials(spec, Resolver()), timeout=30)
+    # Connector, slot, publication and its topics; then the worker's topics (app id e2e-<tag>).
+    teardown_connector(removal_spec(p.connector, "postgres", p.db, host=su["host"], port=su["port"]),
+                       Credentials(su["user"], su["password"]), also_topics=topics_starting(f"e2e-{p.tag}"))
     with contextlib.suppress(Exception):
         # Elasticsearch 8 refuses wildcard deletes (action.destructive_requires_name): name them.
         names = list(p.es("GET", f"/{p.connector}-*"))
         if names:
             p.es("DELETE", "/" + ",".join(names))
-    with contextlib.suppress(Exception):
-        _delete_topics(p)
     with contextlib.suppress(Exception), psycopg.connect(**su, dbname="postgres", autocommit=True) as c:
         c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(p.db)))
         c.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(p.role)))
-
-
-def _delete_topics(p: Pipeline) -> None:
-    import asyncio
-
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    async def go() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers="127.0.0.1:9092")
-        await admin.start()
-        try:
-            names = [t for t in await admin.list_topics()
-                     if t.startswith((p.connector, f"e2e-{p.tag}", f"__debezium-heartbeat.{p.connector}"))]
-            if names:
-                await admin.delete_topics(names)
-        finally:
-            await admin.close()
-
-    asyncio.run(go())
 
 
 def archived(p: Pipeline) -> list[dict[str, Any]]:

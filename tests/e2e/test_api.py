@@ -19,18 +19,20 @@ import pytest
 import requests
 
 from tests.e2e.harness import Pipeline, chromium, pipeline, start_extra_worker, stop_process
+from tests.support import CONNECTION_ERRORS, WorkerApi
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 TOKEN = "e2e-api-token-0123456789"
-TABLES = [
+#: An API answer without the field waited for ({"error": ...} while a worker starts) means "not yet".
+API_NOT_YET = (*CONNECTION_ERRORS, KeyError)
+TABLES: list[dict[str, Any]] = [
     {"name": "public.articles", "profile": "full", "text_columns": ["title", "body"]},
     {"name": "public.orders", "profile": "index_only"},
     {"name": "public.audit_log", "profile": "archive"},
     # index_only now, with text columns ready for a switch to full.
     {"name": "public.notes", "profile": "index_only", "text_columns": ["body"]},
 ]
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +59,10 @@ def p(tmp_path_factory: pytest.TempPathFactory, require: Callable[[str], dict[st
         yield pipe
 
 
-def url(p: Pipeline, path: str, port: int | None = None) -> str:
-    return f"http://127.0.0.1:{port or p.web_port}{path}"
-
-
-def get(p: Pipeline, path: str, port: int | None = None, **kw: Any) -> requests.Response:
-    return requests.get(url(p, path, port), timeout=30, **kw)
+def api(p: Pipeline, port: int | None = None) -> WorkerApi:
+    """The worker's API (``p``'s, or the one on ``port``) with this module's token: sent on
+    writes, and on reads with ``auth=True``."""
+    return WorkerApi(port or p.web_port, TOKEN)
 
 
 def tid(p: Pipeline, table: str) -> str:
@@ -71,7 +71,7 @@ def tid(p: Pipeline, table: str) -> str:
 
 # --- reads ---------------------------------------------------------------------------------
 def test_tables_connectors_metrics_openapi(p: Pipeline) -> None:
-    tables = {t["id"]: t for t in get(p, "/api/tables").json()["tables"]}
+    tables = {t["id"]: t for t in api(p).get("/api/tables").json()["tables"]}
     assert set(tables) == {tid(p, t) for t in ("articles", "orders", "audit_log", "notes")}
     orders = tables[tid(p, "orders")]
     # The shape test_pipeline.py relies on, plus the new fields.
@@ -81,21 +81,22 @@ def test_tables_connectors_metrics_openapi(p: Pipeline) -> None:
     arts = tables[tid(p, "articles")]
     assert arts["chunks"] >= 4 and arts["embed_tokens"] + arts["tokens_saved"] > 0
 
-    one = get(p, f"/api/tables/{tid(p, 'orders')}").json()
+    one = api(p).get(f"/api/tables/{tid(p, 'orders')}").json()
     assert one["id"] == tid(p, "orders") and one["documents"] == 3
-    missing = get(p, "/api/tables/nope.public.nothing")
+    missing = api(p).get("/api/tables/nope.public.nothing")
     assert missing.status_code == 404 and "no table" in missing.json()["error"]
 
-    conns = get(p, "/api/connectors").json()["connectors"]
+    conns = api(p).get("/api/connectors").json()["connectors"]
     assert [c["name"] for c in conns] == [p.connector]
     c = conns[0]
     assert c["state"] == "RUNNING" and c["tasks"][0]["state"] == "RUNNING"
     assert c["slot"]["active"] is True and isinstance(c["slot"]["lag_bytes"], int)
 
     # Lag comes from the sampler (every 5 s).
-    p.wait("consumer lag sampled", lambda: get(p, f"/api/tables/{tid(p, 'orders')}").json()["lag"] == 0, timeout=30)
+    p.wait("consumer lag sampled", lambda: api(p).get(f"/api/tables/{tid(p, 'orders')}").json()["lag"] == 0,
+           timeout=30, retry_on=API_NOT_YET)
 
-    m = get(p, "/metrics")
+    m = api(p).get("/metrics")
     assert m.status_code == 200 and m.headers["Content-Type"].startswith("text/plain")
     text = m.text
     assert f'cdcstream_events_total{{op="r",table="{tid(p, "orders")}"}} 3' in text
@@ -105,41 +106,40 @@ def test_tables_connectors_metrics_openapi(p: Pipeline) -> None:
     for line in text.splitlines():  # every sample line parses as name{labels} number
         assert line.startswith("#") or re.fullmatch(r'[a-z_]+(\{[^}]*\})? -?[0-9.e+-]+', line), line
 
-    doc = get(p, "/api/openapi.json").json()
+    doc = api(p).get("/api/openapi.json").json()
     assert doc["openapi"].startswith("3.") and "/api/search" in doc["paths"]
-    assert TOKEN not in get(p, "/api/openapi.json").text
+    assert TOKEN not in api(p).get("/api/openapi.json").text
 
 
 def test_auth_and_validation(p: Pipeline) -> None:
     path = f"/api/tables/{tid(p, 'notes')}/profile"
-    r = requests.put(url(p, path), json={"profile": "full"}, timeout=30)
+    r = api(p).put(path, json={"profile": "full"}, auth=False)
     assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
-    r = requests.put(url(p, path), json={"profile": "full"}, headers={"Authorization": "Bearer wrong"}, timeout=30)
+    r = api(p).put(path, json={"profile": "full"}, headers={"Authorization": "Bearer wrong"})
     assert r.status_code == 401 and TOKEN not in r.text
-    r = requests.post(url(p, "/api/dlq/replay"), json={"all": True}, timeout=30)
+    r = api(p).post("/api/dlq/replay", json={"all": True}, auth=False)
     assert r.status_code == 401
     for body, status in (({"profile": "nope"}, 400), ({"profile": "full", "x": 1}, 400),
                          ({"profile": "full", "backfill": "yes"}, 400), ([1], 400)):
-        r = requests.put(url(p, path), json=body, headers=AUTH, timeout=30)
+        r = api(p).put(path, json=body)
         assert r.status_code == status and r.json()["error"], body
-    r = requests.put(url(p, path), data=b"{not json", headers=AUTH, timeout=30)
+    r = api(p).put(path, data=b"{not json")
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
-    r = requests.put(url(p, f"/api/tables/{tid(p, 'orders')}/profile"), json={"profile": "full"}, headers=AUTH,
-                     timeout=30)
+    r = api(p).put(f"/api/tables/{tid(p, 'orders')}/profile", json={"profile": "full"})
     assert r.status_code == 400 and "text_columns" in r.json()["error"]
-    r = requests.put(url(p, "/api/tables/nope.public.x/profile"), json={"profile": "full"}, headers=AUTH, timeout=30)
+    r = api(p).put("/api/tables/nope.public.x/profile", json={"profile": "full"})
     assert r.status_code == 404
     # Undeclared methods: JSON 405, no token asked.
-    r = requests.post(url(p, "/api/tables"), timeout=30)
+    r = api(p).post("/api/tables", auth=False)
     assert r.status_code == 405 and r.json()["error"]
     # Faust's own /table pages (table contents) are off.
-    assert get(p, "/table/rows/").status_code == 404
+    assert api(p).get("/table/rows/").status_code == 404
 
 
 # --- search --------------------------------------------------------------------------------
 def test_search_modes_and_filters(p: Pipeline) -> None:
     def search(**params: Any) -> requests.Response:
-        return get(p, "/api/search", params=params)
+        return api(p).get("/api/search", params=params)
 
     kw = search(q="replication slot", mode="keyword").json()
     ids = [(h["table"], h["id"]) for h in kw["hits"]]
@@ -196,56 +196,57 @@ def test_dlq_list_and_replay(p: Pipeline) -> None:
             await prod.stop()
 
     asyncio.run(poison())
-    p.wait("poison record dead-lettered", lambda: get(p, "/api/dlq").json()["end_offset"] >= 1)
-    dlq = get(p, "/api/dlq").json()
+    p.wait("poison record dead-lettered", lambda: api(p).get("/api/dlq").json()["end_offset"] >= 1,
+           retry_on=API_NOT_YET)
+    dlq = api(p).get("/api/dlq").json()
     rec = dlq["records"][-1]
     assert rec["topic"] == p.topic("orders") and rec["partition"] == 0 and rec["reason"].startswith("decode")
     assert rec["value"] == "{this is not json", dlq
-    r = requests.post(url(p, "/api/dlq/replay"), json={"offsets": [rec["dlq_offset"], 10_000]}, headers=AUTH,
-                      timeout=60)
+    r = api(p).post("/api/dlq/replay", json={"offsets": [rec["dlq_offset"], 10_000]}, timeout=60)
     assert r.status_code == 200, r.text
     body = r.json()
     assert [x["dlq_offset"] for x in body["replayed"]] == [rec["dlq_offset"]]
     assert body["replayed"][0]["topic"] == p.topic("orders") and body["replayed"][0]["partition"] == 0
     assert body["skipped"] == [{"dlq_offset": 10_000, "reason": "no such DLQ record"}]
     # Still poison: re-processed by the worker, dead-lettered again.
-    p.wait("replayed record dead-lettered again", lambda: get(p, "/api/dlq").json()["end_offset"] >= 2)
+    p.wait("replayed record dead-lettered again", lambda: api(p).get("/api/dlq").json()["end_offset"] >= 2,
+           retry_on=API_NOT_YET)
     for bad, status in (({}, 400), ({"offsets": []}, 400), ({"all": True, "offsets": [1]}, 400)):
-        assert requests.post(url(p, "/api/dlq/replay"), json=bad, headers=AUTH, timeout=30).status_code == status
-    assert get(p, "/api/dlq", params={"limit": "0"}).status_code == 400
+        assert api(p).post("/api/dlq/replay", json=bad).status_code == status
+    assert api(p).get("/api/dlq", params={"limit": "0"}).status_code == 400
 
 
 # --- profile switch ------------------------------------------------------------------------
 def test_profile_switch_with_backfill(p: Pipeline) -> None:
-    path = url(p, f"/api/tables/{tid(p, 'notes')}/profile")
+    path = f"/api/tables/{tid(p, 'notes')}/profile"
     assert not p.docs("notes", chunks=True)
-    r = requests.put(path, json={"profile": "full", "backfill": True}, headers=AUTH, timeout=120)
+    r = api(p).put(path, json={"profile": "full", "backfill": True}, timeout=120)
     assert r.status_code == 409, r.text
     est = r.json()["estimate"]
     assert est["rows"] == 2 and est["source"] == "database" and est["tokens"] > 10
     assert est["cost_usd"] == pytest.approx(est["tokens"] / 1e6 * est["price_per_million_tokens"], abs=1e-8)
-    assert get(p, f"/api/tables/{tid(p, 'notes')}").json()["profile"] == "index_only"  # nothing applied yet
+    assert api(p).get(f"/api/tables/{tid(p, 'notes')}").json()["profile"] == "index_only"  # nothing applied yet
 
-    r = requests.put(path, json={"profile": "full", "backfill": True, "confirm": True}, headers=AUTH, timeout=120)
+    r = api(p).put(path, json={"profile": "full", "backfill": True, "confirm": True}, timeout=120)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["from"] == "index_only" and body["profile"] == "full" and body["backfill"]["signal"]
     # Applied by every live worker before the call returned.
-    assert get(p, f"/api/tables/{tid(p, 'notes')}").json()["profile"] == "full"
+    assert api(p).get(f"/api/tables/{tid(p, 'notes')}").json()["profile"] == "full"
     p.wait("chunks of the backfilled rows", lambda: {c["parent_id"] for c in p.docs("notes", chunks=True).values()}
            == {"1", "2"}, timeout=120)
     # New rows take the new branch too.
     p.sql("INSERT INTO notes VALUES (3, 'A new note about rebalancing consumers.')")
     p.wait("chunk of a new row", lambda: "3" in {c["parent_id"] for c in p.docs("notes", chunks=True).values()})
-    sem = get(p, "/api/search", params={"q": "consumer group rebalance", "mode": "semantic",
-                                        "table": tid(p, "notes")}).json()
+    sem = api(p).get("/api/search", params={"q": "consumer group rebalance", "mode": "semantic",
+                                            "table": tid(p, "notes")}).json()
     assert sem["hits"] and sem["hits"][0]["table"] == tid(p, "notes")
 
 
 # --- status page in a browser --------------------------------------------------------------
 def test_status_page_in_headless_chromium(p: Pipeline, tmp_path: Path) -> None:
     time.sleep(6)  # at least two samples for the chart
-    page = url(p, "/status")
+    page = api(p).url("/status")
     shot = tmp_path / "status.png"
     r = chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,1600", page)
     assert shot.exists() and shot.stat().st_size > 10_000, r.stderr[-2000:]
@@ -264,27 +265,27 @@ def test_two_workers_serve_the_same_totals(p: Pipeline) -> None:
     proc, port2 = start_extra_worker(p, "second", CDCSTREAM_PROTECT_READS="true")
     try:
         def live() -> int:
-            return sum(1 for w in get(p, "/api/workers").json()["workers"].values() if w["live"])
+            return sum(1 for w in api(p).get("/api/workers").json()["workers"].values() if w["live"])
 
-        p.wait("second worker live", lambda: live() == 2 and get(p, "/api/tables", port2,
-                                                                  headers=AUTH).status_code == 200, timeout=180)
-        assert get(p, "/api/tables", port2).status_code == 401
-        assert get(p, "/status", port2).status_code == 401
-        assert get(p, "/api/openapi.json", port2).status_code == 200  # the API description stays public
+        p.wait("second worker live", lambda: live() == 2 and api(p, port2).get("/api/tables", auth=True).status_code
+               == 200, timeout=180, retry_on=API_NOT_YET)
+        assert api(p, port2).get("/api/tables").status_code == 401
+        assert api(p, port2).get("/status").status_code == 401
+        assert api(p, port2).get("/api/openapi.json").status_code == 200  # the API description stays public
         p.sql("INSERT INTO orders VALUES (10, 'umbrella', 5.00, 'new'), (11, 'hooli', 6.00, 'new')")
         p.sql("UPDATE orders SET status = 'paid' WHERE id = 10")
 
         def same() -> bool:
-            a = {t["id"]: t["stats"] for t in get(p, "/api/tables").json()["tables"]}
-            b = {t["id"]: t["stats"] for t in get(p, "/api/tables", port2, headers=AUTH).json()["tables"]}
+            a = {t["id"]: t["stats"] for t in api(p).get("/api/tables").json()["tables"]}
+            b = {t["id"]: t["stats"] for t in api(p, port2).get("/api/tables", auth=True).json()["tables"]}
             strip = ("updated_ms",)
             na = {k: {n: v for n, v in s.items() if n not in strip} for k, s in a.items()}
             nb = {k: {n: v for n, v in s.items() if n not in strip} for k, s in b.items()}
             return na == nb and na[tid(p, "orders")].get("op_u", 0) >= 1 and na[tid(p, "orders")]["op_c"] >= 2
 
-        p.wait("both workers report the same cluster-wide totals", same, timeout=120)
-        m1 = [x for x in get(p, "/metrics").text.splitlines() if x.startswith("cdcstream_events_total")]
-        m2 = [x for x in get(p, "/metrics", port2, headers=AUTH).text.splitlines()
+        p.wait("both workers report the same cluster-wide totals", same, timeout=120, retry_on=API_NOT_YET)
+        m1 = [x for x in api(p).get("/metrics").text.splitlines() if x.startswith("cdcstream_events_total")]
+        m2 = [x for x in api(p, port2).get("/metrics", auth=True).text.splitlines()
               if x.startswith("cdcstream_events_total")]
         assert m1 == m2
     finally:
@@ -297,7 +298,7 @@ def test_openapi_fuzz_no_server_errors(p: Pipeline, tmp_path: Path) -> None:
     assert exe.exists(), "schemathesis is a dev dependency: pip install -e '.[dev]'"
     # The check is not_a_server_error, except for a 502 naming the shared embeddings server (st_hooks.py).
     env = {**p.env, "SCHEMATHESIS_HOOKS": "tests.e2e.st_hooks", "PYTHONPATH": str(Path(__file__).parents[2])}
-    r = subprocess.run([str(exe), "run", url(p, "/api/openapi.json"), "--url", url(p, ""),
+    r = subprocess.run([str(exe), "run", api(p).url("/api/openapi.json"), "--url", api(p).url(""),
                         "--checks", "no_server_error_of_ours", "--max-examples", "50", "--seed", "8",
                         "--header", f"Authorization: Bearer {TOKEN}", "--request-timeout", "90",
                         "--no-color"],

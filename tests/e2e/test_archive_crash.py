@@ -10,13 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.exceptions
 import pytest
 
 from tests.e2e.harness import Pipeline, pipeline
+from tests.support import CONNECTION_ERRORS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 TABLES = [{"name": "public.audit_log", "profile": "archive"}]
+#: The object store not answering (yet) is botocore's own ConnectionError family, not an OSError.
+S3_NOT_YET = (*CONNECTION_ERRORS, botocore.exceptions.ConnectionError)
 
 
 @pytest.fixture
@@ -66,7 +70,7 @@ def test_crash_after_archive_put_replays_identical_objects(pipe: Pipeline, s3: t
     del p.env["CDCSTREAM_CRASH_POINT"]
     p.start_worker()
     # 20 snapshot rows over 2 partitions, objects of 4 records: at least 4 complete objects.
-    p.wait("replayed objects", lambda: len(objects(client, info["bucket"], prefix)) >= 4)
+    p.wait("replayed objects", lambda: len(objects(client, info["bucket"], prefix)) >= 4, retry_on=S3_NOT_YET)
     after = objects(client, info["bucket"], prefix)
     # The crashed batch was never acked, so the restarted worker re-read those events and cut
     # the same object again: same name, same bytes.
@@ -93,4 +97,4 @@ def test_regression_archive_max_wait_s_flushes_a_quiet_partition(pipe: Pipeline,
     p.start_worker()
     p.wait("the partial objects stored by time", lambda: sum(
         len(gzip.decompress(body).splitlines()) for body, _ in objects(client, info["bucket"], f"e2e-{p.tag}/").values()
-    ) == 5)
+    ) == 5, retry_on=S3_NOT_YET)

@@ -22,10 +22,10 @@ from typing import Any
 
 import hvac
 import pytest
-import requests
 
 from tests.e2e.harness import ROOT, pipeline
 from tests.e2e.vault_env import read_topics
+from tests.support import CONNECTION_ERRORS, WorkerApi
 
 pytestmark = pytest.mark.e2e
 
@@ -69,7 +69,8 @@ def test_no_secret_value_leaks_anywhere(tmp_path: Path, require: Callable[[str],
             p.start_worker()
             p.wait("orders mirrored", lambda: len(p.docs("orders")) == 2, timeout=180)
             p.sql("UPDATE orders SET status = 'paid' WHERE id = 1")
-            p.wait("update mirrored", lambda: p.docs("orders")["1"]["status"] == "paid", timeout=120)
+            p.wait("update mirrored", lambda: p.docs("orders")["1"]["status"] == "paid", timeout=120,
+                   retry_on=(*CONNECTION_ERRORS, KeyError))
 
             # The one place the password is: the file Connect reads, private to its owner.
             pw_file = creds_dir / "password"
@@ -77,17 +78,16 @@ def test_no_secret_value_leaks_anywhere(tmp_path: Path, require: Callable[[str],
             assert stat.S_IMODE(pw_file.stat().st_mode) == 0o600
 
             # --- the worker's pages and API ------------------------------------------------------
-            base = f"http://127.0.0.1:{p.web_port}"
+            api = WorkerApi(p.web_port)
             answers: dict[str, bytes] = {}
             table_key = next(iter(p.api("/api/tables")["tables"]))["table"]
             for path in ("/status", "/metrics", "/api/openapi.json", "/api/connectors", "/api/tables",
                          f"/api/tables/{table_key}", "/api/workers", "/api/dlq", "/api/search?q=paid&table="
                          f"{table_key}"):
-                r = requests.get(base + path, timeout=30)
+                r = api.get(path)
                 answers[path] = r.content
             # A write with a wrong token: refused without echoing the expected one.
-            r = requests.post(f"{base}/api/dlq/replay", headers={"Authorization": "Bearer wrong"}, json={},
-                              timeout=30)
+            r = api.post("/api/dlq/replay", headers={"Authorization": "Bearer wrong"}, json={})
             assert r.status_code in (401, 403)
             answers["POST /api/dlq/replay (wrong token)"] = r.content
             assert b"RUNNING" in answers["/api/connectors"]  # the pages did render the connector

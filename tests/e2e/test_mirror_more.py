@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from tests.e2e.harness import pipeline
+from tests.support import CONNECTION_ERRORS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -34,7 +35,8 @@ def test_mirror_into_secured_elasticsearch(tmp_path: Path, require: Callable[[st
         p.start_worker()
         p.wait("row in the secured node", lambda: set(p.docs("orders")) == {"1"})
         p.sql("UPDATE orders SET status = 'paid' WHERE id = 1")
-        p.wait("update in the secured node", lambda: p.docs("orders")["1"]["status"] == "paid")
+        p.wait("update in the secured node", lambda: p.docs("orders")["1"]["status"] == "paid",
+               retry_on=(*CONNECTION_ERRORS, KeyError))
         # The credentials never reach the worker's log.
         assert secure["password"] not in p.worker_log()
 

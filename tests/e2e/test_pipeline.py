@@ -12,14 +12,17 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import Pipeline, archived, pipeline
+from tests.support import CONNECTION_ERRORS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-TABLES = [
+TABLES: list[dict[str, Any]] = [
     {"name": "public.articles", "profile": "full", "text_columns": ["title", "body"]},
     {"name": "public.orders", "profile": "index_only"},
     {"name": "public.audit_log", "profile": "archive"},
 ]
+#: A document looked up by id before it is indexed (or while Elasticsearch answers an error).
+DOC_NOT_YET = (*CONNECTION_ERRORS, KeyError)
 
 LONG_BODY = "\n\n".join(
     f"Section {i}. " + " ".join(f"The mirror keeps paragraph {i} sentence {j} searchable." for j in range(6))
@@ -67,7 +70,8 @@ def test_snapshot_then_changes_reach_every_sink(pipe: Pipeline) -> None:
     p.sql("INSERT INTO orders VALUES (3, 'initech', 0.01, 'new', now())")
     p.sql("UPDATE orders SET status = 'shipped', amount = 20.00 WHERE id = 1")
     p.sql("DELETE FROM orders WHERE id = 2")
-    p.wait("orders c/u/d", lambda: set(p.docs("orders")) == {"1", "3"} and p.docs("orders")["1"]["status"] == "shipped")
+    p.wait("orders c/u/d", lambda: set(p.docs("orders")) == {"1", "3"} and p.docs("orders")["1"]["status"] == "shipped",
+           retry_on=DOC_NOT_YET)
     o = p.docs("orders")
     assert o["1"]["amount"] == "20.00" and o["3"]["amount"] == "0.01" and o["1"]["_cdc"]["op"] == "u"
 
@@ -124,10 +128,10 @@ def test_kill_9_and_restart_keeps_state_exact(pipe: Pipeline) -> None:
     p.sql("INSERT INTO orders VALUES (7, 'hooli', 7.00, 'new', now())")
     p.start_worker()
     p.wait("changes after restart", lambda: set(p.docs("orders")) == {"1", "2", "7"}
-           and p.docs("orders")["1"]["amount"] == "99.99")
+           and p.docs("orders")["1"]["amount"] == "99.99", retry_on=DOC_NOT_YET)
     # Replays after the restart are version conflicts or stale skips, never regressions.
     p.sql("UPDATE orders SET amount = 100.00 WHERE id = 1")
-    p.wait("newest wins", lambda: p.docs("orders")["1"]["amount"] == "100.00")
+    p.wait("newest wins", lambda: p.docs("orders")["1"]["amount"] == "100.00", retry_on=DOC_NOT_YET)
 
 
 def test_adding_a_table_brings_its_existing_rows(pipe: Pipeline) -> None:

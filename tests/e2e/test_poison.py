@@ -12,6 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from tests.e2e.harness import Pipeline, pipeline
+from tests.support import CONNECTION_ERRORS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -99,7 +100,8 @@ def test_a_5_mb_text_value_is_mirrored_whole_and_the_stream_goes_on(pipe: Pipeli
     big = ("0123456789abcdef" * 65_536 * 5)[: 5 * 1024 * 1024]
     p.sql("INSERT INTO orders VALUES (4, %s, 1, 'new', now())", (big,))
     p.sql("INSERT INTO orders VALUES (5, 'after the big one', 2, 'new', now())")
-    p.wait("the row after the 5 MB row", lambda: p.es("GET", f"/{p.alias('orders')}/_doc/5")["found"], timeout=180)
+    p.wait("the row after the 5 MB row", lambda: p.es("GET", f"/{p.alias('orders')}/_doc/5")["found"], timeout=180,
+           retry_on=(*CONNECTION_ERRORS, KeyError))
     doc = p.es("GET", f"/{p.alias('orders')}/_doc/4")
     assert doc["found"] and len(doc["_source"]["customer"]) == len(big) and doc["_source"]["customer"] == big
     stats = {t["name"].split(".")[-1]: t["stats"] for t in p.api("/api/tables")["tables"]}

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import pipeline
+from tests.support import CONNECTION_ERRORS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -30,4 +31,5 @@ def test_regression_take_buffer_current_event_none(tmp_path: Path, require: Call
         for i in range(1, 121):
             p.sql("INSERT INTO articles VALUES (%s, 't', %s, 'x')",
                   (i, f"Row {i} of run {p.tag}: " + " ".join(f"w{i}x{j}" for j in range(60))))
-        p.wait("all rows", lambda: p.es("POST", f"/{p.alias('articles')}/_count")["count"] == 121, timeout=240)
+        p.wait("all rows", lambda: p.es("POST", f"/{p.alias('articles')}/_count")["count"] == 121, timeout=240,
+               retry_on=(*CONNECTION_ERRORS, KeyError))

@@ -28,21 +28,29 @@ from typing import Any
 import psycopg
 import pytest
 import requests
+from aiokafka.errors import KafkaError
 
 from cdcstream.core.config import load_config
 from cdcstream.ops import debezium
-from cdcstream.ops.kconnect import ConnectClient
-from tests.e2e.harness import Pipeline, free_port, pipeline
-from tests.e2e.vault_env import DynamicSource, captured_ids, delete_topics, dynamic_source
-from tests.integration.lifecycle_support import wait_until
+from cdcstream.ops.kconnect import ConnectClient, ConnectError
+from tests.e2e.harness import Pipeline, pipeline
+from tests.e2e.vault_env import DynamicSource, captured_ids, dynamic_source
+from tests.support import CONNECTION_ERRORS, free_port, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "troubleshooting.md"
 CONNECT_LOG = ROOT / ".stack" / "logs" / "connect.log"
-SU = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "password": "postgres"}
+SU: dict[str, Any] = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "password": "postgres"}
 TOKEN = "runbook-api-token-0123456789"
+
+# What "not yet" looks like to the checks below, besides a service not answering: Kafka Connect
+# answering an error (connector absent or rebalancing), a Kafka error reading a topic, a JSON
+# answer without the field (the API's {"error": ...}) or no JSON at all (curl printed nothing).
+CONNECT_NOT_YET = (*CONNECTION_ERRORS, ConnectError)
+KAFKA_NOT_YET = (*CONNECTION_ERRORS, KafkaError)
+JSON_NOT_YET = (*CONNECTION_ERRORS, KeyError, ValueError)
 
 
 # --- the doc -----------------------------------------------------------------------------------
@@ -82,7 +90,7 @@ def doc_command(entry: str, part: str, prefix: str) -> str:
     """The command of runbook ``entry`` (its ``Check`` or ``Fix``) that starts with ``prefix``, as printed."""
     entries = runbook()
     assert entry in entries, f"docs/troubleshooting.md has no entry {entry!r}; entries: {list(entries)}"
-    spans = getattr(entries[entry], part.lower())
+    spans: list[str] = getattr(entries[entry], part.lower())
     found = [s for s in spans if s.startswith(prefix)]
     assert found, f"{entry!r} {part} names no command starting {prefix!r}; it names: {spans}"
     return found[0]
@@ -104,10 +112,6 @@ def run(cmd: str, env: dict[str, str], cwd: Path, **placeholders: str) -> str:
 
 
 # --- helpers -----------------------------------------------------------------------------------
-def wait(what: str, check: Callable[[], bool], timeout: float = 180, detail: Callable[[], str] = lambda: "") -> None:
-    wait_until(what, check, timeout, detail)
-
-
 def su_sql(statement: str, params: tuple[Any, ...] = (), db: str = "postgres") -> list[tuple[Any, ...]]:
     with psycopg.connect(**SU, dbname=db, autocommit=True) as c:
         cur = c.execute(statement, params)  # type: ignore[arg-type]
@@ -132,7 +136,7 @@ def written_lsn() -> int:
     """The write position once everything inserted so far is written (the stack runs with
     synchronous_commit=off, so a commit returns before its WAL is written)."""
     inserted = int(su_sql("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint")[0][0])
-    wait("the WAL written", lambda: current_lsn() >= inserted, timeout=60)
+    wait_until(lambda: current_lsn() >= inserted, timeout=60, what="the WAL written")
     return current_lsn()
 
 
@@ -156,26 +160,14 @@ def streaming(p: Pipeline) -> bool:
         and row is not None and bool(row[0])
 
 
-def delete_heartbeat_topic(connector: str) -> None:
-    """Debezium's ``__debezium-heartbeat.<prefix>`` topic, which the harness's clean-up leaves."""
-    delete_topics(lambda t: t == f"__debezium-heartbeat.{connector}")
-
-
 @contextlib.contextmanager
 def runbook_pipeline(tmp: Path, require: Callable[[str], dict[str, Any]],
                      tables: list[dict[str, Any]]) -> Iterator[Pipeline]:
-    """tests/e2e/harness.py's pipeline (removed afterwards), its heartbeat topic removed too."""
+    """tests/e2e/harness.py's pipeline, removed afterwards (its heartbeat topic too)."""
     for svc in ("kafka", "connect"):
         require(svc)
-    name = ""
-    try:
-        with pipeline(tmp, require("postgres"), require("elasticsearch"), require("embeddings"), tables) as p:
-            name = p.connector
-            yield p
-    finally:
-        if name:
-            with contextlib.suppress(Exception):
-                delete_heartbeat_topic(name)
+    with pipeline(tmp, require("postgres"), require("elasticsearch"), require("embeddings"), tables) as p:
+        yield p
 
 
 def connector_only(tmp: Path, require: Callable[[str], dict[str, Any]]) -> contextlib.AbstractContextManager[Pipeline]:
@@ -187,7 +179,7 @@ def start_connector(p: Pipeline) -> None:
     p.sql("INSERT INTO orders (id, customer, amount) VALUES (1, 'acme', 19.99), (2, 'globex', 5.00)")
     p.apply()
     ConnectClient().wait_state(p.connector, timeout=120)
-    wait("the connector streaming", lambda: streaming(p))
+    wait_until(lambda: streaming(p), timeout=180, what="the connector streaming", retry_on=CONNECT_NOT_YET)
 
 
 # --- Connector or task FAILED ------------------------------------------------------------------
@@ -203,7 +195,8 @@ def test_connector_or_task_failed(tmp_path: Path, require: Callable[[str], dict[
         client.wait_state(p.connector, ("STOPPED",), tasks=False, timeout=120)
         p.sql(f"DROP PUBLICATION {debezium.publication_name(load_config(p.config_path).connectors[0])}")
         client.resume(p.connector)
-        wait("the task FAILED", lambda: task_states(p.connector) == ["FAILED"])
+        wait_until(lambda: task_states(p.connector) == ["FAILED"], timeout=180, what="the task FAILED",
+                   retry_on=CONNECT_NOT_YET)
         out = run(check, p.env, tmp_path, NAME=p.connector)
         assert "task 0: FAILED" in out, out
         reason = "Publication autocreation is disabled, please create one and restart the connector"
@@ -212,35 +205,41 @@ def test_connector_or_task_failed(tmp_path: Path, require: Callable[[str], dict[
         out = run(doc_command(entry, "Fix", "cdcstream connectors apply"), p.env, tmp_path)
         assert "created publication" in out, out
         run(doc_command(entry, "Fix", "cdcstream connectors restart"), p.env, tmp_path, NAME=p.connector)
-        wait("the connector streaming again", lambda: streaming(p))
+        wait_until(lambda: streaming(p), timeout=180, what="the connector streaming again",
+                   retry_on=CONNECT_NOT_YET)
         out = run(check, p.env, tmp_path, NAME=p.connector)
         assert "task 0: RUNNING" in out and "FAILED" not in out, out
         p.sql("INSERT INTO orders (id, customer, amount) VALUES (3, 'initech', 1.00)")
-        wait("row 3 in Kafka", lambda: {1, 2, 3} <= captured_ids(p.topic("orders")))
+        wait_until(lambda: {1, 2, 3} <= captured_ids(p.topic("orders")), timeout=180, what="row 3 in Kafka",
+                   retry_on=KAFKA_NOT_YET)
 
         # Cause 2: the replication slot dropped while the connector was stopped; a row written meanwhile.
         client.stop(p.connector)
         client.wait_state(p.connector, ("STOPPED",), tasks=False, timeout=120)
-        wait("the slot released", lambda: slot_row(p) is not None and not slot_row(p)[0])  # type: ignore[index]
+        wait_until(lambda: slot_row(p) is not None and not slot_row(p)[0], timeout=180,  # type: ignore[index]
+                   what="the slot released")
         su_sql("SELECT pg_drop_replication_slot(%s)", (slot_of(p),))
         p.sql("INSERT INTO orders (id, customer, amount) VALUES (4, 'umbrella', 2.00)")
         client.resume(p.connector)
-        wait("the task FAILED", lambda: task_states(p.connector) == ["FAILED"])
+        wait_until(lambda: task_states(p.connector) == ["FAILED"], timeout=180, what="the task FAILED",
+                   retry_on=CONNECT_NOT_YET)
         out = run(check, p.env, tmp_path, NAME=p.connector)
         assert "task 0: FAILED" in out and "but this is no longer available on the server" in out, out
         # A restart cannot help here: the position is gone.
         run(doc_command(entry, "Fix", "cdcstream connectors restart"), p.env, tmp_path, NAME=p.connector)
-        wait("the restarted task FAILED again", lambda: task_states(p.connector) == ["FAILED"])
+        wait_until(lambda: task_states(p.connector) == ["FAILED"], timeout=180, what="the restarted task FAILED again",
+                   retry_on=CONNECT_NOT_YET)
         # Fix, as printed: a new snapshot.
         out = run(doc_command(entry, "Fix", "cdcstream connectors delete"), p.env, tmp_path, NAME=p.connector)
         assert "offsets reset" in out and "dropped publication" in out, out
         out = run(doc_command(entry, "Fix", "cdcstream connectors apply"), p.env, tmp_path)
         assert f"created connector {p.connector}" in out, out
-        wait("the connector streaming", lambda: streaming(p))
+        wait_until(lambda: streaming(p), timeout=180, what="the connector streaming", retry_on=CONNECT_NOT_YET)
         out = run(check, p.env, tmp_path, NAME=p.connector)
         assert "task 0: RUNNING" in out and "FAILED" not in out, out
         # Nothing lost: the snapshot brings every row, the one written while no slot existed too.
-        wait("rows 1-4 in Kafka", lambda: {1, 2, 3, 4} <= captured_ids(p.topic("orders")))
+        wait_until(lambda: {1, 2, 3, 4} <= captured_ids(p.topic("orders")), timeout=180, what="rows 1-4 in Kafka",
+                   retry_on=KAFKA_NOT_YET)
 
 
 # --- Task RUNNING but not streaming ------------------------------------------------------------
@@ -257,7 +256,8 @@ def test_task_running_but_not_streaming(tmp_path: Path, require: Callable[[str],
         su_sql("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s",
                (slot_of(p),))
         p.password = new_password  # the harness's own queries log in as the role
-        wait("the slot inactive", lambda: slot_row(p) is not None and not slot_row(p)[0])  # type: ignore[index]
+        wait_until(lambda: slot_row(p) is not None and not slot_row(p)[0], timeout=180,  # type: ignore[index]
+                   what="the slot inactive")
         # The symptom: Connect keeps saying RUNNING.
         assert connector_state(p.connector) == "RUNNING" and task_states(p.connector) == ["RUNNING"]
         out = run(check, p.env, tmp_path, NAME=p.connector)
@@ -270,22 +270,25 @@ def test_task_running_but_not_streaming(tmp_path: Path, require: Callable[[str],
                 f.seek(log_from)
                 return logged.encode() in f.read()
 
-        wait("the retry in the Connect log", in_log, timeout=120)
+        wait_until(in_log, timeout=120, what="the retry in the Connect log")
         # Fix, as printed: the new value where the password reference points, then apply.
         os.environ[f"E2E_PG_PASSWORD_{p.tag}"] = p.env[f"E2E_PG_PASSWORD_{p.tag}"] = new_password
         out = run(doc_command(entry, "Fix", "cdcstream connectors apply"), p.env, tmp_path)
         assert f"updated connector {p.connector}" in out, out
-        wait("the connector streaming again", lambda: streaming(p))
+        wait_until(lambda: streaming(p), timeout=180, what="the connector streaming again",
+                   retry_on=CONNECT_NOT_YET)
         out = run(check, p.env, tmp_path, NAME=p.connector)
         assert re.search(r"slot \S+: active=True", out), out
         p.sql("INSERT INTO orders (id, customer, amount) VALUES (3, 'initech', 1.00)")
-        wait("row 3 in Kafka", lambda: {1, 2, 3} <= captured_ids(p.topic("orders")))
+        wait_until(lambda: {1, 2, 3} <= captured_ids(p.topic("orders")), timeout=180, what="row 3 in Kafka",
+                   retry_on=KAFKA_NOT_YET)
 
         # Cause 2: the REPLICATION privilege revoked; the connector must log in again.
         su_sql(f'ALTER ROLE "{p.role}" NOREPLICATION')
         su_sql("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s",
                (slot_of(p),))
-        wait("the slot inactive", lambda: slot_row(p) is not None and not slot_row(p)[0])  # type: ignore[index]
+        wait_until(lambda: slot_row(p) is not None and not slot_row(p)[0], timeout=180,  # type: ignore[index]
+                   what="the slot inactive")
         p.sql("INSERT INTO orders (id, customer, amount) VALUES (4, 'umbrella', 2.00)")
         assert connector_state(p.connector) == "RUNNING" and task_states(p.connector) == ["RUNNING"]
         out = run(check, p.env, tmp_path, NAME=p.connector)
@@ -293,8 +296,10 @@ def test_task_running_but_not_streaming(tmp_path: Path, require: Callable[[str],
         # Fix, as printed: grant it back; the task's next retry picks it up, no restart.
         grant = doc_command(entry, "Fix", "ALTER ROLE ... WITH REPLICATION").replace("...", f'"{p.role}"')
         su_sql(grant)
-        wait("the connector streaming again", lambda: streaming(p))
-        wait("row 4 in Kafka", lambda: {1, 2, 3, 4} <= captured_ids(p.topic("orders")))
+        wait_until(lambda: streaming(p), timeout=180, what="the connector streaming again",
+                   retry_on=CONNECT_NOT_YET)
+        wait_until(lambda: {1, 2, 3, 4} <= captured_ids(p.topic("orders")), timeout=180, what="row 4 in Kafka",
+                   retry_on=KAFKA_NOT_YET)
 
 
 # --- Replication slot holding WAL ---------------------------------------------------------------
@@ -338,15 +343,15 @@ def test_replication_slot_holding_wal(tmp_path: Path, require: Callable[[str], d
             # lag < (LSN now - LSN at pause) means restart_lsn is past the pause point.
             return "active=True" in out and lag_bytes(out) < before - paused_at
 
-        wait("the slot advancing after resume", released)
-        wait("every row written while paused in Kafka",
-             lambda: set(range(1000, 5000)) | set(range(10_000, 14_000)) <= captured_ids(p.topic("orders")))
+        wait_until(released, timeout=180, what="the slot advancing after resume")
+        wait_until(lambda: set(range(1000, 5000)) | set(range(10_000, 14_000)) <= captured_ids(p.topic("orders")),
+                   timeout=180, what="every row written while paused in Kafka", retry_on=KAFKA_NOT_YET)
 
         # Cause 2: the connector deleted without --drop-slot: its slot stays, inactive.
         r = subprocess.run([sys.executable, "-m", "cdcstream.cli", "connectors", "delete", p.connector], env=p.env,
                            cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
         assert "the replication slot stay" in r.stdout
-        wait("the slot inactive", lambda: not sql_lag()[0])
+        wait_until(lambda: not sql_lag()[0], timeout=180, what="the slot inactive")
         write_wal(20_000)
         written_lsn()
         out = run(check, p.env, tmp_path, NAME=p.connector)
@@ -362,7 +367,7 @@ def test_replication_slot_holding_wal(tmp_path: Path, require: Callable[[str], d
 
 
 # --- DLQ growing --------------------------------------------------------------------------------
-ARTICLE_TABLES = [
+ARTICLE_TABLES: list[dict[str, Any]] = [
     {"name": "public.articles", "profile": "full", "text_columns": ["title", "body"]},
     {"name": "public.orders", "profile": "index_only"},
 ]
@@ -385,7 +390,8 @@ def restart_worker(p: Pipeline, **env: str) -> None:
     p.kill_worker(signal.SIGTERM)
     p.env.update(env)
     start_worker(p)
-    p.wait("the worker API", lambda: isinstance(p.api("/api/tables")["tables"], list), timeout=180)
+    p.wait("the worker API", lambda: isinstance(p.api("/api/tables")["tables"], list), timeout=180,
+           retry_on=JSON_NOT_YET)
 
 
 def chunk_parents(p: Pipeline) -> set[str]:
@@ -416,7 +422,7 @@ def test_dlq_growing(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -
         def dlq() -> dict[str, Any]:
             return dict(json.loads(run(check, env, tmp_path)))
 
-        p.wait("three dead letters", lambda: len(dlq()["records"]) == 3)
+        p.wait("three dead letters", lambda: len(dlq()["records"]) == 3, retry_on=JSON_NOT_YET)
         # The check, as printed, shows each record with its reason and origin.
         records = dlq()["records"]
         config = [r for r in records if r["topic"] == p.topic("articles")]
@@ -444,7 +450,7 @@ def test_dlq_growing(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -
         # And what the doc says of `decode:` reasons: a replay only dead-letters them again.
         out = run(replay, env, tmp_path, DLQ_OFFSETS=str(poison[0]["dlq_offset"]))
         assert len(json.loads(out)["replayed"]) == 1
-        p.wait("the poison dead-lettered again", lambda: len(dlq()["records"]) == 4)
+        p.wait("the poison dead-lettered again", lambda: len(dlq()["records"]) == 4, retry_on=JSON_NOT_YET)
         again = dlq()["records"][-1]
         assert again["reason"].startswith("decode: ") and again["value"] == poison[0]["value"]
 
@@ -490,7 +496,7 @@ def test_elasticsearch_mapping_conflict(tmp_path: Path, require: Callable[[str],
         def records() -> list[dict[str, Any]]:
             return list(json.loads(run(check, env, tmp_path))["records"])
 
-        p.wait("the update dead-lettered", lambda: len(records()) == 1)
+        p.wait("the update dead-lettered", lambda: len(records()) == 1, retry_on=JSON_NOT_YET)
         # The check, as printed: the reason the doc quotes, for this alias and row.
         assert doc_pattern(reason, ALIAS=alias, ID="2").search(records()[0]["reason"]), records()
         assert "failed to parse field [qty] of type [long]" in records()[0]["reason"]
@@ -502,7 +508,8 @@ def test_elasticsearch_mapping_conflict(tmp_path: Path, require: Callable[[str],
         out = run(doc_command(entry, "Fix", "curl -s -X DELETE $ES/INDEX"), env, tmp_path, INDEX=f"{alias}-000001")
         assert json.loads(out) == {"acknowledged": True}, out
         start_worker(p)
-        p.wait("the worker API", lambda: isinstance(p.api("/api/tables")["tables"], list), timeout=180)
+        p.wait("the worker API", lambda: isinstance(p.api("/api/tables")["tables"], list), timeout=180,
+           retry_on=JSON_NOT_YET)
         out = run(doc_command(entry, "Fix", "cdcstream connectors snapshot NAME TABLE"), p.env, tmp_path,
                   NAME=p.connector, TABLE="public.orders")
         assert "snapshot signal" in out, out
@@ -513,7 +520,8 @@ def test_elasticsearch_mapping_conflict(tmp_path: Path, require: Callable[[str],
         assert "long" not in json.dumps(mapping), mapping  # the fresh index maps the column as text
         # Cleared: new changes index, nothing more is dead-lettered.
         p.sql("UPDATE orders SET qty = 'two dozen' WHERE id = 1")
-        p.wait("the next change indexed", lambda: p.docs("orders")["1"].get("qty") == "two dozen")
+        p.wait("the next change indexed", lambda: p.docs("orders")["1"].get("qty") == "two dozen",
+               retry_on=(*CONNECTION_ERRORS, KeyError))
         assert len(records()) == 1
 
 
@@ -555,9 +563,9 @@ def private_embeddings(tmp: Path) -> Iterator[PrivateEmbeddings]:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
     server = PrivateEmbeddings(port, proc)
     try:
-        wait("the private embeddings server", lambda: proc.poll() is None and requests.get(
-            f"{server.url}/health", timeout=5).status_code == 200, timeout=120,
-             detail=lambda: (tmp / "embeddings.log").read_text(errors="replace")[-2000:])
+        wait_until(lambda: proc.poll() is None and requests.get(f"{server.url}/health", timeout=5).status_code == 200,
+                   timeout=120, what="the private embeddings server",
+                   detail=lambda: (tmp / "embeddings.log").read_text(errors="replace")[-2000:])
         yield server
     finally:
         if proc.poll() is None:
@@ -636,17 +644,11 @@ def test_embedding_429s(tmp_path: Path, require: Callable[[str], dict[str, Any]]
 # --- Vault lease expired ------------------------------------------------------------------------
 @pytest.fixture
 def vault_src(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> Iterator[DynamicSource]:
+    """vault_env's dynamic source, removed afterwards (its heartbeat topic too)."""
     for svc in ("kafka", "connect"):
         require(svc)
-    name = ""
-    try:
-        with dynamic_source(tmp_path, require("postgres"), require("vault")) as s:
-            name = s.connector
-            yield s
-    finally:
-        if name:
-            with contextlib.suppress(Exception):
-                delete_heartbeat_topic(name)
+    with dynamic_source(tmp_path, require("postgres"), require("vault")) as s:
+        yield s
 
 
 def test_vault_lease_expired(vault_src: DynamicSource, tmp_path: Path) -> None:
@@ -658,7 +660,7 @@ def test_vault_lease_expired(vault_src: DynamicSource, tmp_path: Path) -> None:
     r = s.cli("connectors", "apply")
     assert r.returncode == 0, r.stderr + r.stdout
     ConnectClient().wait_state(s.connector, timeout=120)
-    wait("the connector streaming", lambda: s.slot_user() == s.lease()["username"])
+    wait_until(lambda: s.slot_user() == s.lease()["username"], timeout=180, what="the connector streaming")
     out = run(check, env, tmp_path)
     assert "login=ok" in out, out
     first = s.lease()
@@ -666,7 +668,7 @@ def test_vault_lease_expired(vault_src: DynamicSource, tmp_path: Path) -> None:
     # Cause: Vault revokes the lease (as when it expires, or with the token that created it): the
     # revocation statements end the connector's session and drop its database user.
     s.vault.sys.revoke_lease(first["lease_id"])
-    wait("the user dropped", lambda: not s.role_exists(first["username"]))
+    wait_until(lambda: not s.role_exists(first["username"]), timeout=180, what="the user dropped")
     s.sql("INSERT INTO public.items VALUES (2, 'while the lease is gone')")
     # The check, as printed, sees it (the lease file alone still looks fine: expires_in > 0).
     out = run(check, env, tmp_path)
@@ -683,4 +685,5 @@ def test_vault_lease_expired(vault_src: DynamicSource, tmp_path: Path) -> None:
     assert f"user={lease['username']}" in out and "login=ok" in out, out
     s.sql("INSERT INTO public.items VALUES (3, 'after the rotation')")
     # Nothing lost: the change made while the connector could not log in arrives too.
-    wait("rows 1-3 in Kafka", lambda: {1, 2, 3} <= captured_ids(s.topic))
+    wait_until(lambda: {1, 2, 3} <= captured_ids(s.topic), timeout=180, what="rows 1-3 in Kafka",
+               retry_on=KAFKA_NOT_YET)

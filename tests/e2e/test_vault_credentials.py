@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaError
 
 from cdcstream.ops.kconnect import ConnectClient
 from tests.e2e.vault_env import DynamicSource, captured_ids, dynamic_source, read_topics
+from tests.support import CONNECTION_ERRORS, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -27,23 +29,15 @@ def src(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> Iterator[Dy
         yield s
 
 
-def wait(what: str, check: Callable[[], bool], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception:  # the thing waited for is not there yet
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+#: Reading a topic: a Kafka error (the topic being created, a leader moving) means "not yet".
+KAFKA_NOT_YET = (*CONNECTION_ERRORS, KafkaError)
 
 
 def applied(s: DynamicSource) -> None:
     r = s.cli("connectors", "apply")
     assert r.returncode == 0, r.stderr + r.stdout
     ConnectClient().wait_state(s.connector, timeout=120)
-    wait("the connector streaming", lambda: s.slot_user() == s.lease()["username"])
+    wait_until(lambda: s.slot_user() == s.lease()["username"], timeout=120, what="the connector streaming")
 
 
 class Writer(threading.Thread):
@@ -94,7 +88,8 @@ def test_credentials_rotated_mid_stream_with_the_connector_still_capturing_every
     assert len(set(users)) == 3 and len(writer.written) > 100
     want = set(range(1, 51)) | set(writer.written)
     try:
-        wait(f"all {len(want)} rows in Kafka", lambda: want <= captured_ids(src.topic), timeout=120)
+        wait_until(lambda: want <= captured_ids(src.topic), timeout=120, what=f"all {len(want)} rows in Kafka",
+                   retry_on=KAFKA_NOT_YET)
     except AssertionError:
         missing = sorted(want - captured_ids(src.topic))
         raise AssertionError(f"{len(missing)} rows never reached Kafka: {missing[:20]}...; "
@@ -128,7 +123,7 @@ def test_rotate_loop_renews_then_rotates_at_two_thirds_of_the_max_ttl(tmp_path: 
                                      "--interval", "1"], env={**__import__("os").environ, **s.env}, cwd=ROOT,
                                     stdout=out, stderr=subprocess.STDOUT)
         try:
-            wait("a rotation by the loop", lambda: s.lease()["username"] != first["username"], timeout=120)
+            wait_until(lambda: s.lease()["username"] != first["username"], timeout=120, what="a rotation by the loop")
         finally:
             proc.terminate()
             proc.wait(30)
@@ -138,7 +133,7 @@ def test_rotate_loop_renews_then_rotates_at_two_thirds_of_the_max_ttl(tmp_path: 
         lease = s.lease()
         # Rotated no earlier than 2/3 of the max TTL, and before the old user's lease ran out.
         assert lease["issued_at"] - first["issued_at"] >= 24 - 1
-        wait("the task streaming as the new user", lambda: s.slot_user() == lease["username"], timeout=60)
+        wait_until(lambda: s.slot_user() == lease["username"], timeout=60, what="the task streaming as the new user")
         assert not s.role_exists(first["username"])
         assert s.password() not in text
 
@@ -167,7 +162,8 @@ def test_failures_leave_the_running_connector_on_its_credentials(src: DynamicSou
     assert st.state == "RUNNING" and all(t["state"] == "RUNNING" for t in st.tasks)
     assert src.lease()["lease_id"] == before["lease_id"] and src.slot_user() == before["username"]
     src.sql("INSERT INTO public.items VALUES (424242, 'after the failures')")
-    wait("the row after the failures", lambda: 424242 in captured_ids(src.topic))
+    wait_until(lambda: 424242 in captured_ids(src.topic), timeout=120, what="the row after the failures",
+               retry_on=KAFKA_NOT_YET)
 
 
 def test_inline_mode_rotates_by_put_and_connect_stores_the_value(src: DynamicSource) -> None:
@@ -186,4 +182,5 @@ def test_inline_mode_rotates_by_put_and_connect_stores_the_value(src: DynamicSou
     config_topic = b"".join(k + v for k, v in read_topics(lambda t: t == CONFIG_TOPIC)[CONFIG_TOPIC])
     assert src.password().encode() in config_topic  # what provider mode exists to avoid
     src.sql("INSERT INTO public.items VALUES (7, 'after an inline rotation')")
-    wait("the row after the rotation", lambda: 7 in captured_ids(src.topic))
+    wait_until(lambda: 7 in captured_ids(src.topic), timeout=120, what="the row after the rotation",
+               retry_on=KAFKA_NOT_YET)

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.e2e.harness import ROOT, free_port, pipeline
+from tests.e2e.harness import ROOT, pipeline
+from tests.support import CONNECTION_ERRORS, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
@@ -57,7 +58,8 @@ def test_two_workers_share_partitions_and_survive_a_kill(tmp_path: Path,
         w2 = subprocess.Popen([sys.executable, "-m", "cdcstream.cli", "worker"], env=env2, stdout=log2,
                               stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         try:
-            p.wait("two live workers", lambda: len(p.api("/api/workers")["workers"]) >= 2, timeout=120)
+            p.wait("two live workers", lambda: len(p.api("/api/workers")["workers"]) >= 2, timeout=120,
+                   retry_on=(*CONNECTION_ERRORS, KeyError))
             p.sql("UPDATE orders SET status = 'both' WHERE id <= 20")
             p.wait("updates with two workers", lambda: sum(d["status"] == "both" for d in p.docs("orders").values())
                    == 20, timeout=120)

@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,8 @@ from psycopg import sql
 
 from cdcstream.core.config import load_config
 from cdcstream.ops import debezium
-from cdcstream.ops.kconnect import ConnectClient
+from cdcstream.ops.credentials import Credentials
+from tests.support import removal_spec, teardown_connector, topics_starting
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -156,18 +157,17 @@ def dynamic_source(tmp: Path, pg: dict[str, Any], vault_info: dict[str, Any], *,
 
 
 def _cleanup(s: DynamicSource) -> None:
-    client = ConnectClient()
-    with contextlib.suppress(Exception):
-        if client.get_config(s.connector) is not None:
-            client.stop(s.connector)
-            client.wait_state(s.connector, ("STOPPED",), tasks=False, timeout=30)
-            client.delete(s.connector)
+    # Connector, slot, publication and topics (as the superuser: the dynamic users come and go).
+    teardown_connector(removal_spec(s.connector, "postgres", s.db, host=s.su["host"], port=s.su["port"]),
+                       Credentials(s.su["user"], s.su["password"]), also_topics=topics_starting(s.connector))
     with contextlib.suppress(Exception):
         s.vault.sys.revoke_prefix(f"database/creds/{s.vault_role}")
-    for call in (lambda: s.vault.secrets.database.delete_role(s.vault_role),
-                 lambda: s.vault.secrets.database.delete_connection(s.db_config),
-                 lambda: s.vault.auth.approle.delete_role(role_name=s.approle),
-                 lambda: s.vault.sys.delete_policy(name=s.policy)):
+    removals: list[Callable[[], object]] = [
+        lambda: s.vault.secrets.database.delete_role(s.vault_role),
+        lambda: s.vault.secrets.database.delete_connection(s.db_config),
+        lambda: s.vault.auth.approle.delete_role(role_name=s.approle),
+        lambda: s.vault.sys.delete_policy(name=s.policy)]
+    for call in removals:
         with contextlib.suppress(Exception):
             call()
     with contextlib.suppress(Exception), psycopg.connect(**s.su, dbname="postgres", autocommit=True) as c:
@@ -180,8 +180,6 @@ def _cleanup(s: DynamicSource) -> None:
                                  "JOIN pg_roles g ON g.oid = m.roleid WHERE g.rolname = %s", (s.owner,)).fetchall():
             c.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
         c.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(s.owner)))
-    with contextlib.suppress(Exception):
-        delete_topics(lambda t: t.startswith(s.connector))
 
 
 # --- Kafka ----------------------------------------------------------------------------------
@@ -236,22 +234,6 @@ def read_topics(want: Any = None, bootstrap: str = "127.0.0.1:9092") -> dict[str
                 await c.stop()
 
     return asyncio.run(go())
-
-
-def delete_topics(want: Any) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    async def go() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers="127.0.0.1:9092")
-        await admin.start()
-        try:
-            names = [t for t in await admin.list_topics() if want(t)]
-            if names:
-                await admin.delete_topics(names)
-        finally:
-            await admin.close()
-
-    asyncio.run(go())
 
 
 def captured_ids(topic: str) -> set[int]:

@@ -22,9 +22,10 @@ from typing import Any
 
 from cdcstream.ops.kconnect import ConnectClient
 from tests.e2e.harness import ROOT, Pipeline, pipeline
-from tests.integration.lifecycle_support import MARIADB_GRANTS, MariaSource, delete_topics, remove_connector
+from tests.integration.lifecycle_support import MARIADB_GRANTS, MariaSource
+from tests.support import removal_spec, teardown_connector
 
-PG_TABLES = [
+PG_TABLES: list[dict[str, Any]] = [
     {"name": "public.articles", "profile": "full", "text_columns": ["body"]},
     {"name": "public.orders", "profile": "index_only"},
     {"name": "public.audit_log", "profile": "archive"},
@@ -186,11 +187,11 @@ def fault_pipeline(tmp: Path, require: Callable[[str], dict[str, Any]], seed: in
         finally:
             p.kill_worker()
             client = ConnectClient()
-            with contextlib.suppress(Exception):
-                remove_connector(client, f"e2e-{p.tag}-my")
+            # The MariaDB connector of this config (the PostgreSQL one goes with the pipeline), then
+            # the MariaSource's own (never created here), database and user.
+            teardown_connector(removal_spec(f"e2e-{p.tag}-my", "mariadb", maria.db, host=maria.host,
+                                            port=maria.port), client=client)
             maria.cleanup(client)
-            with contextlib.suppress(Exception):
-                delete_topics(f"_cdcstream.schema-history.e2e-{p.tag}-my")
 
 
 def stop_gracefully(p: Pipeline) -> None:

@@ -24,6 +24,7 @@ import requests
 
 from tests.e2e.harness import ROOT, Pipeline, pipeline
 from tests.faults.support import stop_gracefully
+from tests.support import WorkerApi
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
@@ -113,7 +114,7 @@ class Load:
 
 def in_flight(p: Pipeline) -> tuple[int, int] | None:
     try:
-        text = requests.get(f"http://127.0.0.1:{p.web_port}/metrics", timeout=15).text
+        text = WorkerApi(p.web_port, timeout=15).get("/metrics").text
     except requests.RequestException:
         return None
     got = dict(re.findall(r"^cdcstream_in_flight_(messages|cap) (\d+)", text, re.M))

@@ -21,14 +21,13 @@ from typing import Any
 import psycopg
 import pymysql
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from click.testing import CliRunner, Result
 from psycopg import sql
 
 from cdcstream.cli.main import main
-from cdcstream.ops.kconnect import ConnectClient, ConnectError
-
-BOOTSTRAP = "127.0.0.1:9092"
+from cdcstream.ops.credentials import Credentials
+from cdcstream.ops.kconnect import ConnectClient
+from tests.support import BOOTSTRAP, removal_spec, teardown_connector
 
 
 def cli(*args: str, env: dict[str, str]) -> Result:
@@ -112,42 +111,6 @@ def rows(events: list[dict[str, Any]], op: str | None = None) -> list[dict[str, 
     return [e["after"] for e in events if e.get("after") and (op is None or e.get("op") == op)]
 
 
-def delete_topics(*prefixes: str) -> None:
-    async def go() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-        await admin.start()
-        try:
-            names = [t for t in await admin.list_topics() if any(t == p or t.startswith(p + ".") for p in prefixes)]
-            if names:
-                await admin.delete_topics(names)
-        finally:
-            await admin.close()
-
-    asyncio.run(go())
-
-
-def remove_connector(client: ConnectClient, name: str) -> None:
-    """Stop, forget offsets, delete: nothing of ``name`` stays in Connect."""
-    with contextlib.suppress(ConnectError):
-        if client.get_config(name) is None:
-            return
-        client.stop(name)
-        client.wait_state(name, ("STOPPED",), tasks=False, timeout=60)
-        client.reset_offsets(name)
-        client.delete(name)
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 60.0,
-               detail: Callable[[], str] = lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if check():
-                return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}\n{detail()}".rstrip())
-
-
 # --- PostgreSQL ----------------------------------------------------------------------
 @dataclass
 class PgSource:
@@ -225,16 +188,9 @@ class PgSource:
         return [r[0] for r in self.sql("SELECT pubname FROM pg_publication")]
 
     def cleanup(self, client: ConnectClient) -> None:
-        remove_connector(client, self.name)
-        with contextlib.suppress(Exception):
-            # The slot turns inactive a moment after the task stops.
-            wait_until("slot inactive", lambda: not self.sql(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active", (self.slot,),
-                superuser=True, db="postgres"), timeout=30)
-            self.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-                     (self.slot,), superuser=True, db="postgres")
-        with contextlib.suppress(Exception):
-            delete_topics(self.name)
+        # As the superuser: a test may have taken REPLICATION away from the role.
+        teardown_connector(removal_spec(self.name, "postgres", self.db, host=self.host, port=self.port),
+                           Credentials(self.su["user"], self.su["password"]), client=client)
         with contextlib.suppress(Exception):
             # The publication lives in the database: it goes with it.
             self.sql(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)', superuser=True, db="postgres")
@@ -324,9 +280,8 @@ class MariaSource:
 
     def cleanup(self, client: ConnectClient) -> None:
         # Stopped before the DROP DATABASE: a running task would capture it and re-create topics.
-        remove_connector(client, self.name)
-        with contextlib.suppress(Exception):
-            delete_topics(self.name, f"_cdcstream.schema-history.{self.name}")
+        teardown_connector(removal_spec(self.name, "mariadb", self.db, host=self.host, port=self.port),
+                           client=client)
         with contextlib.suppress(Exception):
             self.sql(f"DROP DATABASE IF EXISTS `{self.db}`", root=True)
         with contextlib.suppress(Exception):

@@ -12,7 +12,6 @@ placed somewhere. Placeholders in the docs' prose (``NAME``, ``TABLE``, ``FILE``
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import re
@@ -29,6 +28,7 @@ import click
 import pytest
 
 from cdcstream.cli.main import main
+from tests.support import delete_topics, removal_spec, teardown_connector, topics_named, topics_starting
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -292,23 +292,7 @@ def test_topics_and_settings_commands_run(require: Callable[[str], dict[str, Any
         r = run_doc(status[0], env, tmp_path)  # cwd is tmp_path: ./cdcstream.yaml is the file above
         assert r.returncode == 0 and r.stdout.strip() == f"{app_id}: mode=inline source=reference", r.stdout
     finally:
-        _delete_topics([f"{app_id}-control", f"{app_id}-dlq"])
-
-
-def _delete_topics(names: list[str]) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    async def go() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers="127.0.0.1:9092")
-        await admin.start()
-        try:
-            present = [n for n in names if n in set(await admin.list_topics())]
-            if present:
-                await admin.delete_topics(present)
-        finally:
-            await admin.close()
-
-    asyncio.run(go())
+        delete_topics(topics_named(f"{app_id}-control", f"{app_id}-dlq"))
 
 
 # --- docs/vault.md, run as written -----------------------------------------------------------------
@@ -379,42 +363,27 @@ def _vault_cleanup(tag: str, connector: str) -> None:
     import hvac
     import psycopg
 
-    from cdcstream.ops.kconnect import ConnectClient
-
-    client = ConnectClient()
-    with contextlib.suppress(Exception):
-        if client.get_config(connector) is not None:
-            client.stop(connector)
-            client.wait_state(connector, ("STOPPED",), tasks=False, timeout=60)
-            client.delete(connector)
+    # Connector, slot, publication and topics; the superuser outlives the dynamic users.
+    teardown_connector(removal_spec(connector, "postgres", f"shop_{tag}"), also_topics=topics_starting(connector))
     v = hvac.Client(url="http://127.0.0.1:8200", token="root")
-    for call in (lambda: v.sys.revoke_prefix(f"database/creds/cdc-orders-{tag}"),
-                 lambda: v.secrets.database.delete_role(f"cdc-orders-{tag}"),
-                 lambda: v.secrets.database.delete_connection(f"shop_{tag}"),
-                 lambda: v.auth.approle.delete_role(role_name=f"cdcstream-{tag}"),
-                 lambda: v.sys.delete_policy(name=f"cdcstream-orders-{tag}"),
-                 lambda: v.sys.delete_policy(name=f"cdcstream-kv-{tag}"),
-                 lambda: v.secrets.kv.v2.delete_metadata_and_all_versions(f"cdc-{tag}/orders", mount_point="secret")):
+    removals: list[Callable[[], object]] = [
+        lambda: v.sys.revoke_prefix(f"database/creds/cdc-orders-{tag}"),
+        lambda: v.secrets.database.delete_role(f"cdc-orders-{tag}"),
+        lambda: v.secrets.database.delete_connection(f"shop_{tag}"),
+        lambda: v.auth.approle.delete_role(role_name=f"cdcstream-{tag}"),
+        lambda: v.sys.delete_policy(name=f"cdcstream-orders-{tag}"),
+        lambda: v.sys.delete_policy(name=f"cdcstream-kv-{tag}"),
+        lambda: v.secrets.kv.v2.delete_metadata_and_all_versions(f"cdc-{tag}/orders", mount_point="secret")]
+    for call in removals:
         with contextlib.suppress(Exception):
             call()
-    su = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "password": "postgres", "autocommit": True}
-    with contextlib.suppress(Exception), psycopg.connect(**su, dbname="postgres") as c:
-        import time
-
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and c.execute(
-                "SELECT 1 FROM pg_replication_slots WHERE database = %s AND active", (f"shop_{tag}",)).fetchall():
-            time.sleep(0.5)  # the stopped task's walsender goes away
-        for (slot,) in c.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s",
-                                 (f"shop_{tag}",)).fetchall():
-            c.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+    with contextlib.suppress(Exception), psycopg.connect(host="127.0.0.1", port=5432, user="postgres",
+                                                         password="postgres", dbname="postgres",
+                                                         autocommit=True) as c:
+        # DROP DATABASE also drops any (inactive) logical slot left in it.
         c.execute(f'DROP DATABASE IF EXISTS "shop_{tag}" WITH (FORCE)')
         for (name,) in c.execute("SELECT r.rolname FROM pg_roles r JOIN pg_auth_members m ON m.member = r.oid "
                                  "JOIN pg_roles g ON g.oid = m.roleid WHERE g.rolname = %s",
                                  (f"cdc_owner_{tag}",)).fetchall():
             c.execute(f'DROP ROLE IF EXISTS "{name}"')
         c.execute(f'DROP ROLE IF EXISTS "cdc_owner_{tag}"')
-    with contextlib.suppress(Exception):
-        from tests.e2e.vault_env import delete_topics
-
-        delete_topics(lambda t: t.startswith(connector) or t == f"__debezium-heartbeat.{connector}")

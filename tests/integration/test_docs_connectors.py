@@ -25,8 +25,8 @@ import pymysql
 import pytest
 
 from cdcstream.cli.main import fields_markdown
-from cdcstream.ops.kconnect import ConnectClient
-from tests.integration.lifecycle_support import consume, delete_topics, remove_connector, rows
+from tests.integration.lifecycle_support import consume, rows
+from tests.support import removal_spec, teardown_connector
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -79,15 +79,12 @@ def test_postgres_walkthrough_runs(require: Callable[[str], dict[str, Any]], tmp
         out = run_group("postgres", tag, tmp_path, slice(-1, None))
         assert f"dropped replication slot cdcstream_shop{tag}_pg" in out
     finally:
-        remove_connector(ConnectClient(), name)
-        su = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "password": "postgres", "autocommit": True}
-        with contextlib.suppress(Exception), psycopg.connect(**su, dbname="postgres") as c:
-            c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                      "WHERE slot_name = %s AND NOT active", (f"cdcstream_shop{tag}_pg",))
+        teardown_connector(removal_spec(name, "postgres", db))
+        with contextlib.suppress(Exception), psycopg.connect(host="127.0.0.1", port=5432, user="postgres",
+                                                             password="postgres", dbname="postgres",
+                                                             autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
             c.execute(f'DROP ROLE IF EXISTS "cdc_shop{tag}"')
-        with contextlib.suppress(Exception):
-            delete_topics(name)
 
 
 def test_mariadb_walkthrough_runs(require: Callable[[str], dict[str, Any]], tmp_path: Path) -> None:
@@ -105,12 +102,11 @@ def test_mariadb_walkthrough_runs(require: Callable[[str], dict[str, Any]], tmp_
         out = run_group("mariadb", tag, tmp_path, slice(-1, None))
         assert f"deleted schema-history topic _cdcstream.schema-history.{name}" in out
     finally:
-        remove_connector(ConnectClient(), name)
+        # Connector, schema-history topic and topics first: a running task would capture the DROP DATABASE.
+        teardown_connector(removal_spec(name, "mariadb", db))
         with contextlib.suppress(Exception):
             conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="mariadb", autocommit=True)
             with conn.cursor() as cur:
                 cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
                 cur.execute(f"DROP USER IF EXISTS 'cdc_shop{tag}'@'%'")
             conn.close()
-        with contextlib.suppress(Exception):
-            delete_topics(name, f"_cdcstream.schema-history.{name}")

@@ -14,17 +14,16 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from cdcstream.core.config import ConnectorSpec
 from cdcstream.ops import debezium
-from cdcstream.ops.kconnect import ConnectClient
+from cdcstream.ops.kconnect import ConnectClient, ConnectError
 from tests.integration.lifecycle_support import (
-    BOOTSTRAP,
     MariaSource,
     consume,
     end_offsets,
     maria_source,
     output,
     rows,
-    wait_until,
 )
+from tests.support import BOOTSTRAP, CONNECTION_ERRORS, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -93,14 +92,15 @@ def test_plan_apply_insert_arrives_then_delete_drop_slot(src: MariaSource, clien
 
     history = f"_cdcstream.schema-history.{src.name}"
     assert history in _topics()
-    wait_until("offsets committed", lambda: bool(client.offsets(src.name)), timeout=90)
+    wait_until(lambda: bool(client.offsets(src.name)), timeout=90, what="offsets committed",
+               retry_on=(*CONNECTION_ERRORS, ConnectError))
     r = src.cli("connectors", "delete", src.name, "--drop-slot")
     assert r.exit_code == 0, output(r)
     assert "offsets reset" in r.stdout and f"deleted schema-history topic {history}" in r.stdout
     assert client.get_config(src.name) is None
 
     # Re-created: a fresh snapshot of all three rows, not a resume from the old binlog position.
-    wait_until("history topic gone", lambda: history not in _topics(), timeout=30)
+    wait_until(lambda: history not in _topics(), timeout=30, what="history topic gone")
     start = end_offsets(src.topic("items"))
     r = src.cli("connectors", "apply")
     assert f"created connector {src.name}" in r.stdout, output(r)

@@ -23,8 +23,7 @@ import psycopg
 import pytest
 
 import cdcstream.cli.main
-from cdcstream.ops.kconnect import ConnectClient
-from tests.e2e.harness import free_port
+from cdcstream.ops.kconnect import ConnectClient, ConnectError
 from tests.integration.lifecycle_support import (
     PgSource,
     cli,
@@ -33,10 +32,13 @@ from tests.integration.lifecycle_support import (
     output,
     pg_source,
     rows,
-    wait_until,
 )
+from tests.support import BOOTSTRAP, CONNECTION_ERRORS, delete_topics, free_port, topics_named, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+#: A Kafka Connect call answering with an error (absent, rebalancing) also means "not yet".
+CONNECT_NOT_YET = (*CONNECTION_ERRORS, ConnectError)
 
 SCHEMA = """
 CREATE TABLE items (id INT PRIMARY KEY, name TEXT NOT NULL);
@@ -93,7 +95,7 @@ def test_apply_twice_sends_nothing_the_second_time(src: PgSource, client: Connec
     assert f"created connector {src.name}" in _apply(src)
     _running(client, src)
     _snapshot_done(src)
-    wait_until("walsender attached", lambda: _slot_pid(src) is not None)
+    wait_until(lambda: _slot_pid(src) is not None, what="walsender attached")
     before_status, before_pid = client.status(src.name), _slot_pid(src)
 
     # The CLI's own client, so its write counter is the one that talked to Connect.
@@ -157,11 +159,12 @@ def test_changes_made_while_paused_arrive_after_resume(src: PgSource, client: Co
 
 def _fail_task(src: PgSource, client: ConnectClient) -> None:
     """Fail the task for real: take REPLICATION away and kill the walsender serving its slot."""
-    wait_until("walsender attached", lambda: _slot_pid(src) is not None)
+    wait_until(lambda: _slot_pid(src) is not None, what="walsender attached")
     src.sql(f'ALTER ROLE "{src.role}" NOREPLICATION', superuser=True, db="postgres")
     src.sql("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s",
             (src.slot,), superuser=True, db="postgres")
-    wait_until("task FAILED", lambda: client.status(src.name).failed_tasks == [0], timeout=60)
+    wait_until(lambda: client.status(src.name).failed_tasks == [0], timeout=60, what="task FAILED",
+               retry_on=CONNECT_NOT_YET)
 
 
 # errors.max.retries=0: Debezium's own retry loop would otherwise reconnect forever after the
@@ -184,8 +187,8 @@ def test_failed_task_restarts_with_only_failed(stack: None, tmp_path: Path, clie
         r = src.cli("connectors", "restart", src.name, "--only-failed")
         assert r.exit_code == 0, output(r)
         # The restart is asynchronous (202): the status shows the old FAILED for a moment.
-        wait_until("task RUNNING again", lambda: [t["state"] for t in client.status(src.name).tasks] == ["RUNNING"],
-                   timeout=90)
+        wait_until(lambda: [t["state"] for t in client.status(src.name).tasks] == ["RUNNING"], timeout=90,
+                   what="task RUNNING again", retry_on=CONNECT_NOT_YET)
         assert client.status(src.name).state == "RUNNING"
         src.sql("INSERT INTO items VALUES (200, 'after restart')")
         consume(src.topic("items"), lambda ev: any(r["id"] == 200 for r in rows(ev, "c")), start=start)
@@ -213,7 +216,8 @@ def test_delete_drop_slot_then_recreate_takes_a_fresh_snapshot(src: PgSource, cl
     src.sql("INSERT INTO items VALUES (9, 'streamed')")
     consume(src.topic("items"), lambda ev: any(r["id"] == 9 for r in rows(ev, "c")))
     # Without committed offsets the reset below would prove nothing (offset.flush.interval.ms: 5 s).
-    wait_until("offsets committed", lambda: bool(client.offsets(src.name)), timeout=90)
+    wait_until(lambda: bool(client.offsets(src.name)), timeout=90, what="offsets committed",
+               retry_on=CONNECT_NOT_YET)
 
     r = src.cli("connectors", "delete", src.name, "--drop-slot")
     assert r.exit_code == 0, output(r)
@@ -241,10 +245,11 @@ def test_regression_drop_slot_after_plain_delete_still_resets_offsets(src: PgSou
     _apply(src)
     _running(client, src)
     _snapshot_done(src)
-    wait_until("offsets committed", lambda: bool(client.offsets(src.name)), timeout=90)
+    wait_until(lambda: bool(client.offsets(src.name)), timeout=90, what="offsets committed",
+               retry_on=CONNECT_NOT_YET)
     r = src.cli("connectors", "delete", src.name)
     assert r.exit_code == 0 and "offsets and the replication slot stay" in r.stdout, output(r)
-    wait_until("slot released", lambda: _slot_pid(src) is None)
+    wait_until(lambda: _slot_pid(src) is None, what="slot released")
 
     r = src.cli("connectors", "delete", src.name, "--drop-slot")
     assert r.exit_code == 0, output(r)
@@ -334,9 +339,12 @@ def replica_cluster(tmp_path: Path, stack: None) -> Iterator[int]:
                              "-c", "wal_level=replica", "-c", "fsync=off"], user=user,
                             stdout=subprocess.DEVNULL, stderr=(data.parent / f"{data.name}.log").open("wb"))
     try:
-        wait_until("replica cluster up", lambda: bool(psycopg.connect(
-            host="127.0.0.1", port=port, user="postgres", password="postgres", dbname="postgres",
-            connect_timeout=2).close() or True), timeout=60)
+        def accepts_connections() -> bool:
+            psycopg.connect(host="127.0.0.1", port=port, user="postgres", password="postgres", dbname="postgres",
+                            connect_timeout=2).close()
+            return True
+
+        wait_until(accepts_connections, timeout=60, what="replica cluster up")
         yield port
     finally:
         proc.send_signal(signal.SIGINT)  # fast shutdown, by the PID we started
@@ -422,14 +430,11 @@ def test_apply_reset_profiles_sends_the_yaml_profile_through_the_control_topic(s
     _FakeWorker.tables = [{"table": key, "profile": "archive"}]
     seen: list[dict[str, Any]] = []
 
-    async def admin(create: bool) -> None:
-        a = AIOKafkaAdminClient(bootstrap_servers="127.0.0.1:9092")
+    async def create_control_topic() -> None:
+        a = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
         await a.start()
         try:
-            if create:
-                await a.create_topics([NewTopic(control, 1, 1)])
-            else:
-                await a.delete_topics([control])
+            await a.create_topics([NewTopic(control, 1, 1)])
         finally:
             await a.close()
 
@@ -447,7 +452,7 @@ def test_apply_reset_profiles_sends_the_yaml_profile_through_the_control_topic(s
         finally:
             await consumer.stop()
 
-    asyncio.run(admin(create=True))
+    asyncio.run(create_control_topic())
     server = HTTPServer(("127.0.0.1", 0), _FakeWorker)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     stop = threading.Event()
@@ -470,4 +475,4 @@ def test_apply_reset_profiles_sends_the_yaml_profile_through_the_control_topic(s
         stop.set()
         agent.join(10)
         server.shutdown()
-        asyncio.run(admin(create=False))
+        delete_topics(topics_named(control))

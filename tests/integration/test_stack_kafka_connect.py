@@ -20,10 +20,10 @@ import psycopg
 import pytest
 import requests
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 from psycopg import sql
 
 from cdcstream.stack.services.connect import POSTGRES_CONNECTOR
+from tests.support import delete_topics, topics_under, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -115,14 +115,6 @@ def connect_rest(method: str, url: str, **kwargs: Any) -> requests.Response:
         time.sleep(0.3)
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.3)
-
-
 async def first_event_for(bootstrap: str, topic: str, row_id: int, timeout: float) -> dict[str, Any]:
     # No consumer group: nothing to clean up; a short metadata age picks the topic up as soon as
     # Debezium's first record creates it.
@@ -145,17 +137,6 @@ async def first_event_for(bootstrap: str, topic: str, row_id: int, timeout: floa
     finally:
         await consumer.stop()
     pytest.fail(f"no change event for id={row_id} on {topic} within {timeout:.0f}s")
-
-
-async def delete_topics(bootstrap: str, prefix: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        ours = [t for t in await admin.list_topics() if t.startswith(prefix + ".")]
-        if ours:
-            await admin.delete_topics(ours)
-    finally:
-        await admin.close()
 
 
 def test_debezium_postgres_insert_reaches_kafka(require: Callable[[str], dict[str, Any]], source: Source,
@@ -199,11 +180,13 @@ def test_debezium_postgres_insert_reaches_kafka(require: Callable[[str], dict[st
                 pytest.fail(f"connector task failed: {tasks[0].get('trace', '')[:2000]}")
             return st.get("connector", {}).get("state") == "RUNNING" and [t["state"] for t in tasks] == ["RUNNING"]
 
-        wait_for("the connector task to run", task_running)
+        # No exception counts as "not yet" here (retry_on=()): every check below fails at once on one.
+        wait_until(task_running, 30, 0.3, what="the connector task to run", retry_on=())
         # Rows written after the slot exists are streamed (op=c), not snapshotted.
         with superuser(source.pg, source.database) as conn:
-            wait_for("the replication slot", lambda: conn.execute(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (source.slot,)).fetchone() is not None)
+            wait_until(lambda: conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
+                                            (source.slot,)).fetchone() is not None,
+                       30, 0.3, what="the replication slot", retry_on=())
             conn.execute("INSERT INTO public.items (id, name, qty) VALUES (%s, %s, %s)", (42, "grüße ✓", 7))
 
         event = asyncio.run(first_event_for(bootstrap, source.topic, 42, timeout=30))
@@ -216,8 +199,8 @@ def test_debezium_postgres_insert_reaches_kafka(require: Callable[[str], dict[st
         assert event["key"]["payload"] == {"id": 42}
     finally:
         connect_rest("DELETE", f"{rest}/connectors/{source.connector}")
-        wait_for("the connector to be deleted", lambda: connect_rest(
-            "GET", f"{rest}/connectors/{source.connector}").status_code == 404)
+        wait_until(lambda: connect_rest("GET", f"{rest}/connectors/{source.connector}").status_code == 404,
+                   30, 0.3, what="the connector to be deleted", retry_on=())
         with superuser(source.pg, source.database) as conn:
             conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(source.publication)))
-        asyncio.run(delete_topics(bootstrap, source.topic_prefix))
+        delete_topics(topics_under(source.topic_prefix), bootstrap=bootstrap)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -14,9 +15,9 @@ import pymysql
 import pytest
 import requests
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from cdcstream.stack.manager import Stack
+from tests.support import WaitTimeout, delete_topics, topics_under, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -55,32 +56,39 @@ def database(stack: dict[str, dict[str, Any]]) -> Iterator[str]:
 
 
 def _wait_running(rest: str, name: str, timeout: float = 60.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+    last: dict[str, Any] = {}
+
+    def running() -> dict[str, Any] | None:
         r = requests.get(f"{rest}/connectors/{name}/status", timeout=5)
-        if r.status_code == 200:
-            status = r.json()
-            tasks = status.get("tasks", [])
-            if any(t.get("state") == "FAILED" for t in tasks) or status["connector"]["state"] == "FAILED":
-                pytest.fail(f"connector failed: {json.dumps(status)[:4000]}")
-            if status["connector"]["state"] == "RUNNING" and tasks and all(t["state"] == "RUNNING" for t in tasks):
-                return status
-        time.sleep(0.5)
-    pytest.fail(f"connector not RUNNING after {timeout}s: {status}")
+        if r.status_code != 200:
+            return None
+        status: dict[str, Any] = r.json()
+        last.update(status)
+        tasks = status.get("tasks", [])
+        if any(t.get("state") == "FAILED" for t in tasks) or status["connector"]["state"] == "FAILED":
+            pytest.fail(f"connector failed: {json.dumps(status)[:4000]}")
+        if status["connector"]["state"] == "RUNNING" and tasks and all(t["state"] == "RUNNING" for t in tasks):
+            return status
+        return None
+
+    # Any exception (Connect unreachable included) fails at once, as it always did here.
+    status = wait_until(running, timeout, what=f"connector {name} RUNNING", retry_on=(), detail=lambda: str(last))
+    assert status is not None  # wait_until returns a truthy result
+    return status
 
 
 def _stop_and_delete(rest: str, name: str, timeout: float = 30.0) -> None:
     requests.put(f"{rest}/connectors/{name}/stop", timeout=30)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def stopped_or_gone() -> bool:
         r = requests.get(f"{rest}/connectors/{name}/status", timeout=5)
         if r.status_code != 200:
-            break
+            return True
         status = r.json()
-        if status["connector"]["state"] == "STOPPED" and not status.get("tasks"):
-            break
-        time.sleep(0.3)
+        return bool(status["connector"]["state"] == "STOPPED" and not status.get("tasks"))
+
+    with contextlib.suppress(WaitTimeout):  # deleted anyway after the timeout
+        wait_until(stopped_or_gone, timeout, 0.3, what=f"connector {name} stopped", retry_on=())
     requests.delete(f"{rest}/connectors/{name}", timeout=30)
 
 
@@ -148,12 +156,4 @@ async def test_insert_reaches_kafka(stack: dict[str, dict[str, Any]], database: 
         # DELETE alone returns before the task stops; a still-running task would capture the
         # fixture's DROP DATABASE and re-create the topics deleted below.
         await asyncio.to_thread(_stop_and_delete, rest, name)
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            existing = set(await admin.list_topics())
-            leftovers = [t for t in existing if t == prefix or t.startswith(f"{prefix}.")]
-            if leftovers:
-                await admin.delete_topics(leftovers)
-        finally:
-            await admin.close()
+        await asyncio.to_thread(delete_topics, topics_under(prefix), bootstrap=bootstrap)

@@ -6,7 +6,6 @@ Each test makes its own policy, roles and mounts under a random tag and removes 
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from cdcstream.core.resolver import Resolver, make_resolver
 from cdcstream.core.secrets import SecretError, SecretRef
 from cdcstream.core.settings import Settings
 from cdcstream.core.vault import VaultAuth, VaultClient, VaultSettings
+from tests.support import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -51,10 +51,12 @@ def env(root: hvac.Client) -> Iterator[dict[str, str]]:
         f'path "secret/data/{n["path"]}" {{ capabilities = ["read"] }}\n'))
     yield n
     root.secrets.kv.v2.delete_metadata_and_all_versions(path=n["path"], mount_point="secret")
-    for call in (lambda: root.auth.approle.delete_role(role_name=n["role"]),
-                 lambda: root.sys.delete_policy(name=n["policy"]),
-                 lambda: root.sys.disable_secrets_engine(path=n["kv1"]),
-                 lambda: root.sys.disable_auth_method(path=n["jwt"])):
+    removals: list[Callable[[], object]] = [
+        lambda: root.auth.approle.delete_role(role_name=n["role"]),
+        lambda: root.sys.delete_policy(name=n["policy"]),
+        lambda: root.sys.disable_secrets_engine(path=n["kv1"]),
+        lambda: root.sys.disable_auth_method(path=n["jwt"])]
+    for call in removals:
         try:
             call()
         except hvac.exceptions.VaultError:
@@ -96,12 +98,6 @@ def test_kv_v1_mount(root: hvac.Client, env: dict[str, str]) -> None:
 
 
 # --- errors: the reference, never the value --------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_errors_name_the_reference_never_the_value(root: hvac.Client, env: dict[str, str]) -> None:
     r = Resolver(client(root, method="token", token=SecretStr(policy_token(root, env["policy"]))))
     cases = {
@@ -118,7 +114,7 @@ def test_errors_name_the_reference_never_the_value(root: hvac.Client, env: dict[
     with pytest.raises(SecretError, match=f"vault:secret/{env['path']}-missing#password: no secret at"):
         rr.resolve(SecretRef.parse(f"vault:secret/{env['path']}-missing#password"))
     # Unreachable Vault.
-    dead = VaultClient(VaultSettings(addr=f"http://127.0.0.1:{_free_port()}", timeout_s=2,
+    dead = VaultClient(VaultSettings(addr=f"http://127.0.0.1:{free_port()}", timeout_s=2,
                                      auth=VaultAuth(method="token", token=SecretStr("x"))))
     with pytest.raises(SecretError,
                        match=r"vault:secret/.*#password: vault auth .token. at http://127.0.0.1:.* failed: "
