@@ -40,7 +40,7 @@ unit: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check cdcstream agents tables tests bench
 	$(BIN)/lint-imports
-	$(BIN)/mypy cdcstream agents tables
+	$(BIN)/mypy cdcstream agents tables tests bench
 
 clean:
 	-$(BIN)/cdcstream stack down

@@ -17,7 +17,7 @@ from tests.e2e.harness import ROOT, Pipeline, pipeline
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-TABLES = [
+TABLES: list[dict[str, Any]] = [
     {"name": "public.orders", "profile": "index_only"},
     {"name": "public.articles", "profile": "full", "text_columns": ["body"]},
 ]

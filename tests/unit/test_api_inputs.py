@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from cdcstream.core.config import ProcessingProfile
@@ -122,9 +124,10 @@ def test_json_body_rejects(raw: bytes, status: int) -> None:
 def test_replay_body() -> None:
     assert parse_replay({"offsets": [3, 1]}) == {1, 3}
     assert parse_replay({"all": True}) is None
-    for body in ({}, {"all": False}, {"offsets": [1], "all": True}, {"offsets": []}, {"offsets": [-1]},
-                 {"offsets": [True]}, {"offsets": "1"}, {"offsets": list(range(1001))}, {"all": "yes"},
-                 {"x": 1}):
+    refused: list[dict[str, Any]] = [
+        {}, {"all": False}, {"offsets": [1], "all": True}, {"offsets": []}, {"offsets": [-1]},
+        {"offsets": [True]}, {"offsets": "1"}, {"offsets": list(range(1001))}, {"all": "yes"}, {"x": 1}]
+    for body in refused:
         with pytest.raises(HttpError):
             parse_replay(body)
 

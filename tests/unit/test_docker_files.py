@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     data: dict[str, Any] = YAML(typ="safe").load((ROOT / "docker-compose.yml").read_text())
-    return data["services"]
+    services: dict[str, Any] = data["services"]
+    return services
 
 
 def _host_ports(svc: dict[str, Any]) -> set[int]:

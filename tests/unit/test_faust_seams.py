@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import inspect
 from importlib.metadata import version
+from typing import cast
 
 import faust
 from faust.streams import Stream
+from faust.types import ConsumerT
 from faust.types.tuples import TP, Message
 
 
@@ -36,9 +38,9 @@ def test_extra_reference_delays_the_final_ack() -> None:
     m = Message("t", 0, 5, 0.0, 0, None, b"k", b"v", None, tp=TP("t", 0))
     m.incref()  # the stream's own reference
     m.incref()  # held by the archive buffer
-    assert m.ack(Consumer()) is False  # take_events' ack: still referenced
+    assert m.ack(cast(ConsumerT, Consumer())) is False  # take_events' ack: still referenced
     assert m.acked is False
-    assert m.ack(Consumer()) is True  # the archive flushed: now safe to commit
+    assert m.ack(cast(ConsumerT, Consumer())) is True  # the archive flushed: now safe to commit
     assert m.acked is True
 
 
@@ -110,7 +112,7 @@ def test_regression_a_batch_is_never_acked_before_it_settles() -> None:
     m.incref()  # the stream's own reference, dropped by take_events' finally
     cp = Checkpoint()
     cp.admit([SimpleNamespace(message=m)])
-    assert m.ack(Consumer()) is False  # take_events' finally: not acked, ours is still held
+    assert m.ack(cast(ConsumerT, Consumer())) is False  # take_events' finally: not acked, ours is still held
     assert m.acked is False
     cp.revoke([("t", 0)])  # a stop: nothing is released
     asyncio.run(cp.release(SimpleNamespace(ack=lambda e: None)))
