@@ -278,7 +278,7 @@ def test_topics_and_settings_commands_run(require: Callable[[str], dict[str, Any
 
         settings = [a for _, a in documented() if a[:1] == ["settings"]]
         assert ["settings", "--markdown"] in settings
-        # Its output equal to docs/settings.md is tests/unit/test_settings_doc.py's business.
+        # Its output equal to docs/settings.md is tests/unit/core/test_settings_doc.py's business.
         r = run_doc(["settings", "--markdown"], env, tmp_path)
         assert r.returncode == 0 and r.stdout.startswith("# Settings reference") and "`CDCSTREAM_APP_ID`" in r.stdout
 

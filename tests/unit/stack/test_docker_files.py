@@ -13,7 +13,7 @@ from cdcstream.core.settings import Settings
 from cdcstream.stack.base import StackPaths
 from cdcstream.stack.services import SERVICES
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

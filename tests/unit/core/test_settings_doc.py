@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cdcstream.core.settings import Settings, settings_markdown
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_settings_reference_is_current() -> None:
