@@ -17,7 +17,10 @@ RUN pip install --no-cache-dir .
 
 USER cdcstream
 EXPOSE 6066
+# /healthz is the one endpoint without a token (liveness, no data): the worker binds 0.0.0.0
+# here, so it refuses to start without CDCSTREAM_API_TOKEN / CDCSTREAM_API_READ_TOKEN
+# (docs/operations.md, "Running it exposed").
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
-  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:6066/api/workers', timeout=2).status == 200 else 1)"
+  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:6066/healthz', timeout=2).status == 200 else 1)"
 ENTRYPOINT ["cdcstream"]
 CMD ["worker"]

@@ -1,8 +1,9 @@
 """CLI commands that talk to a running worker's HTTP API (settings ``web_host``/``web_port``).
 
 ``cdcstream profiles show | set TABLE PROFILE [--backfill] [--yes]`` and
-``cdcstream search QUERY [--table ...] [--mode ...]``. The bearer token is the one the
-worker uses: ``api_token`` resolved here from the same secret reference.
+``cdcstream search QUERY [--table ...] [--mode ...]``. The bearer tokens are the worker's:
+``api_token`` (admin) for writes, ``api_read_token`` (else ``api_token``) for reads, resolved
+here from the same secret references.
 
 Registered by ``api.register(main)`` at the bottom of ``cdcstream/cli/main.py``.
 """
@@ -44,22 +45,29 @@ class ApiClient:
 
 
 def _client(need_token: bool) -> ApiClient:
+    """A client with the token the call needs: ``api_token`` (admin) for writes; for reads the
+    ``api_read_token`` when set, else ``api_token``, resolved from the same references as the worker's."""
     from cdcstream.core.resolver import Resolver
     from cdcstream.core.secrets import SecretError, SecretRef
     from cdcstream.core.settings import Settings
 
     s = Settings()
+    ref = s.api_token if need_token else (s.api_read_token or s.api_token)
     token = None
-    if isinstance(s.api_token, SecretRef):
+    if isinstance(ref, SecretRef):
         try:
-            token = Resolver().resolve(s.api_token).get_secret_value()
+            token = Resolver().resolve(ref).get_secret_value()
         except SecretError as e:
-            if need_token:
-                raise click.ClickException(f"cannot resolve api_token: {e}") from None
+            if need_token or s.web_exposed or s.protect_reads:
+                raise click.ClickException(f"cannot resolve the API token: {e}") from None
     elif need_token:
-        raise click.ClickException("this command needs the API token: set CDCSTREAM_API_TOKEN to a secret reference "
-                                   "(e.g. env:CDCSTREAM_TOKEN), as for the worker")
-    return ApiClient(f"http://{s.web_host}:{s.web_port}", token)
+        raise click.ClickException("this command needs the admin API token: set CDCSTREAM_API_TOKEN to a secret "
+                                   "reference (e.g. env:CDCSTREAM_TOKEN), as for the worker")
+    # A worker bound to every interface (0.0.0.0, ::) answers on loopback too.
+    host = "127.0.0.1" if s.web_host in ("0.0.0.0", "::", "") else s.web_host  # noqa: S104 - a comparison
+    if ":" in host:
+        host = f"[{host}]"
+    return ApiClient(f"http://{host}:{s.web_port}", token)
 
 
 def _fail(status: int, data: Any) -> None:

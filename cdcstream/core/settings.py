@@ -7,13 +7,16 @@ Backends are chosen by URL scheme: ``es://`` / ``ess://`` (Elasticsearch over ht
 
 from __future__ import annotations
 
+import ipaddress
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cdcstream.core.masking import mask_text
 from cdcstream.core.secrets import SecretRef
 
 
@@ -21,8 +24,45 @@ def _ref(v: Any, where: str) -> SecretRef | None:
     return None if v in (None, "") else SecretRef.parse(v, where=where)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the web server reachable from this machine only."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        # A host name other than localhost may resolve to anything: treated as exposed.
+        return False
+
+
+class ApiTokenSpec(BaseModel):
+    """One bearer token of the worker API: who it is (``name``, shown in logs instead of the
+    value), what it may do (``role``) and, for a ``read`` token, optionally which tables it may
+    search (then it may call nothing but search)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    role: Literal["read", "admin"]
+    token: SecretRef
+    tables: tuple[str, ...] = ()
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _token(cls, v: Any) -> SecretRef:
+        return SecretRef.parse(v, where="api_tokens[].token")
+
+    @model_validator(mode="after")
+    def _scoped_read_only(self) -> ApiTokenSpec:
+        if self.tables and self.role != "read":
+            raise ValueError(f"api token {self.name!r}: only a read token can be limited to tables")
+        return self
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CDCSTREAM_", extra="forbid", frozen=True)
+    # Validation errors would otherwise quote the input, user:password@ of a URL included.
+    model_config = SettingsConfigDict(env_prefix="CDCSTREAM_", extra="forbid", frozen=True,
+                                      hide_input_in_errors=True)
 
     # --- app ----------------------------------------------------------------------------
     app_id: str = Field("cdcstream", description="Faust app id: prefix of consumer group, internal topics and state.")
@@ -30,7 +70,9 @@ class Settings(BaseSettings):
     broker: str = Field("kafka://127.0.0.1:9092", description="Kafka bootstrap servers (kafka://host:port;...).")
     store: str = Field("rocksdb://", description="Faust table store: rocksdb:// (durable local cache) or memory://.")
     data_dir: Path = Field(Path(".stack/worker"), description="Where RocksDB and Faust keep local state.")
-    web_host: str = Field("127.0.0.1", description="Status pages and API bind address.")
+    web_host: str = Field("127.0.0.1", description="Status pages and API bind address. Anything but loopback "
+                          "requires a token for every endpoint except /healthz; without one the worker refuses "
+                          "to start.")
     web_port: int = Field(6066, description="Status pages and API port.")
     partitions: int = Field(4, ge=1, description="Partitions of every captured topic and of the per-row tables; "
                                                   "`cdcstream topics plan` checks they agree.")
@@ -105,13 +147,23 @@ class Settings(BaseSettings):
                                   "must be able to read it).")
 
     # --- security -----------------------------------------------------------------------
-    api_token: Any = Field(None, description="Secret reference of the bearer token for write endpoints.")
-    protect_reads: bool = Field(False, description="Require the token for read endpoints too.")
+    api_token: Any = Field(None, description="Secret reference of the `admin` bearer token (profile changes, "
+                           "backfills, DLQ values, replay and skip; it may read too).")
+    api_read_token: Any = Field(None, description="Secret reference of the `read` bearer token (status, metrics, "
+                                "tables, connectors, workers, DLQ previews, search).")
+    api_tokens: tuple[ApiTokenSpec, ...] = Field((), description="Further tokens, as JSON: "
+                                                 "`[{\"name\": \"shop\", \"role\": \"read\", \"token\": "
+                                                 "\"env:SHOP_TOKEN\", \"tables\": [\"demo-pg.public.orders\"]}]`; "
+                                                 "a read token with `tables` may only search those tables.")
+    protect_reads: bool = Field(False, description="Require a token for reads on a loopback bind address too "
+                                "(beyond loopback they always need one).")
+    api_semantic_per_minute: int = Field(30, ge=1, description="Semantic and hybrid searches per minute per token "
+                                         "(each new query may be a paid embeddings call); more answer 429.")
     status_sample_s: float = Field(5.0, gt=0, description="Interval of the throughput/lag samples drawn on /status.")
     status_samples: int = Field(120, ge=2, description="Samples kept per worker for the /status chart.")
 
     @field_validator("elasticsearch_user", "elasticsearch_password", "elasticsearch_api_key", "archive_access_key",
-                     "archive_secret_key", "embed_api_key", "api_token", mode="before")
+                     "archive_secret_key", "embed_api_key", "api_token", "api_read_token", mode="before")
     @classmethod
     def _secret(cls, v: Any, info: Any) -> SecretRef | None:
         return _ref(v, info.field_name)
@@ -120,15 +172,52 @@ class Settings(BaseSettings):
     @classmethod
     def _es(cls, v: str | None) -> str | None:
         if v and urlparse(v).scheme not in ("es", "ess", "http", "https"):
-            raise ValueError(f"elasticsearch_url {v!r}: scheme must be es:// or ess://")
+            raise ValueError(f"elasticsearch_url {mask_text(v)!r}: scheme must be es:// or ess://")
         return v or None
 
     @field_validator("embed_url")
     @classmethod
     def _embed(cls, v: str | None) -> str | None:
         if v and urlparse(v).scheme not in ("openai", "openais", "http", "https"):
-            raise ValueError(f"embed_url {v!r}: scheme must be openai:// or openais://")
+            raise ValueError(f"embed_url {mask_text(v)!r}: scheme must be openai:// or openais://")
         return v or None
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _tokens_json(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                return json.loads(v) if v.strip() else ()
+            except ValueError:
+                raise ValueError("api_tokens must be a JSON list of {name, role, token[, tables]}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _unique_token_names(self) -> Settings:
+        names = [t.name for t in self.api_tokens]
+        taken = {"admin", "read", "anonymous"}
+        dup = sorted({n for n in names if names.count(n) > 1 or n in taken})
+        if dup:
+            raise ValueError(f"api_tokens: names must be unique and not admin/read/anonymous: {', '.join(dup)}")
+        return self
+
+    @field_serializer("broker", "connect_url", "elasticsearch_url", "archive_url", "embed_url", "vault_addr")
+    def _url_without_password(self, v: str | None) -> str | None:
+        # `cdcstream settings` prints model_dump(): a URL's user-info password must not show.
+        return None if v is None else mask_text(v)
+
+    @property
+    def web_exposed(self) -> bool:
+        """The web server is reachable from other machines: every endpoint but /healthz needs a token."""
+        return not is_loopback(self.web_host)
+
+    @property
+    def reads_open(self) -> bool:
+        return not self.web_exposed and not self.protect_reads
+
+    @property
+    def has_api_token(self) -> bool:
+        return self.api_token is not None or self.api_read_token is not None or bool(self.api_tokens)
 
     @property
     def es_http_url(self) -> str | None:

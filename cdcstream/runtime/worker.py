@@ -54,10 +54,27 @@ async def preflight(settings: Settings, config: Config) -> set[str]:
     return await list_topics(settings)
 
 
+def exposure_refusal(settings: Settings) -> str | None:
+    """Why the worker must not start, checked before anything binds: a web server reachable
+    from other machines with no token would serve every mirrored row to anyone."""
+    if settings.web_exposed and not settings.has_api_token:
+        return (f"refusing to start: web_host {settings.web_host!r} is not a loopback address and no API token is "
+                "configured, so every row of every mirrored table would be readable by anyone who can reach "
+                f"port {settings.web_port}. Set CDCSTREAM_API_TOKEN (admin) and/or CDCSTREAM_API_READ_TOKEN to a "
+                "secret reference (env:NAME, file:/path, vault:mount/path#key), or bind 127.0.0.1 "
+                "(CDCSTREAM_WEB_HOST) and put a reverse proxy in front; see docs/operations.md, "
+                "\"Running it exposed\".")
+    return None
+
+
 def run_worker(settings: Settings, loglevel: str = "warn") -> None:
     """Run one worker process until it stops (exit code EXIT_RESTART asks for a restart)."""
     from faust.worker import Worker
 
+    refusal = exposure_refusal(settings)
+    if refusal:
+        print(f"cdcstream worker: {refusal}", file=sys.stderr)
+        sys.exit(2)
     config = load_config(settings.config)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -2,6 +2,10 @@
 
 Written as data next to the views rather than generated: Faust views carry no schema,
 and a hand-kept document is what the schemathesis fuzz test checks the views against.
+Who may call each operation is not hand-kept: ``security`` and ``x-roles`` come from
+``cdcstream.web.auth.ROUTES``, the table the views enforce, and every route there must have
+its operations here (``document`` refuses otherwise), so the authorization matrix test that
+reads this document cannot miss a route.
 """
 
 from __future__ import annotations
@@ -9,14 +13,18 @@ from __future__ import annotations
 from typing import Any
 
 from cdcstream.core.config import ProcessingProfile
+from cdcstream.web.auth import ROLES, ROUTES, Access
 from cdcstream.web.search import MAX_QUERY_CHARS, MAX_SIZE, MODES
 
 _ERROR = {"description": "Invalid input, unknown resource or refused request",
           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 _UNAUTH = {"description": "Bearer token missing or wrong",
            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_FORBIDDEN = {"description": "The token's role may not call this",
+              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 _JSON_OBJ = {"application/json": {"schema": {"type": "object"}}}
-
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+_TEXT = {"text/plain": {"schema": {"type": "string"}}}
 
 
 def _table_param(example: str | None) -> dict[str, Any]:
@@ -31,10 +39,12 @@ def _table_param(example: str | None) -> dict[str, Any]:
     return p
 
 
-def document(read_security: bool, example_table: str | None = None) -> dict[str, Any]:
+def document(reads_open: bool, example_table: str | None = None) -> dict[str, Any]:
+    """The document as a worker with open reads (loopback, no protect_reads) or not serves it."""
     table_param = _table_param(example_table)
     bearer: list[dict[str, list[str]]] = [{"bearer": []}]
-    read_sec = bearer if read_security else []
+    # Placeholders: _secure() below replaces every operation's security from ROUTES.
+    read_sec: list[dict[str, list[str]]] = []
 
     def op(summary: str, *, security: list[dict[str, list[str]]], params: list[dict[str, Any]] | None = None,
            body: dict[str, Any] | None = None, ok: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
@@ -60,7 +70,8 @@ def document(read_security: bool, example_table: str | None = None) -> dict[str,
         "servers": [{"url": "/"}],
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "The token referenced by the api_token setting."}},
+                                           "description": "A token of the api_token (admin), api_read_token (read) or "
+                                                          "api_tokens settings; roles in docs/api.md."}},
             "schemas": {
                 "Error": {"type": "object", "required": ["error"],
                           "properties": {"error": {"type": "string"}}},
@@ -91,7 +102,27 @@ def document(read_security: bool, example_table: str | None = None) -> dict[str,
                     "description": "Exactly one of `offsets` (DLQ offsets) or `all: true`."},
             },
         },
-        "paths": {
+        "paths": _secure({
+            "/healthz": {"get": op("Liveness: the web server answers (no data; for health checks)", security=[],
+                                   ok={"description": "ok", "content": _TEXT}, op_id="healthz")},
+            "/login": {
+                "get": op("The login form of the status page", security=[], ok={"description": "HTML form",
+                                                                               "content": _HTML}, op_id="loginForm"),
+                "post": {"summary": "Log in with a token: sets an HttpOnly session cookie (reads only)",
+                         "operationId": "login", "security": [],
+                         "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
+                             "schema": {"type": "object", "required": ["token"],
+                                        "properties": {"token": {"type": "string", "maxLength": 4096}}}}}},
+                         "responses": {"303": {"description": "Logged in: redirect to /status"},
+                                       "400": {"description": "No token in the form", "content": _HTML},
+                                       "401": {"description": "Wrong token: the form again", "content": _HTML}}}},
+            "/logout": {"post": {"summary": "End the browser session", "operationId": "logout", "security": [],
+                                 "responses": {"303": {"description": "Logged out: redirect to /login"}}}},
+            "/status": {"get": op("The status page (HTML)", security=read_sec, op_id="statusPage",
+                                  ok={"description": "HTML", "content": _HTML})},
+            "/metrics": {"get": op("Prometheus text exposition", security=read_sec, op_id="metrics",
+                                   ok={"description": "metrics", "content": _TEXT})},
+            "/api/openapi.json": {"get": op("This document", security=read_sec, op_id="openapi")},
             "/api/connectors": {"get": op("Connectors: state, tasks, last error, replication slot lag",
                                           security=read_sec, op_id="listConnectors")},
             "/api/tables": {"get": op("Tables with profile, counters, lag and index sizes", security=read_sec,
@@ -105,11 +136,13 @@ def document(read_security: bool, example_table: str | None = None) -> dict[str,
                                                              "carries the estimate", "content": _JSON_OBJ},
                        "504": {"description": "Not every live worker applied it in time", "content": _JSON_OBJ}},
                 op_id="setProfile")},
-            "/api/dlq": {"get": op("Dead-lettered records (oldest first)", security=read_sec, op_id="listDlq", params=[
+            "/api/dlq": {"get": op("Dead-lettered records (oldest first), at most 4 MiB per answer: continue from "
+                                   "`next_offset` when `truncated`", security=read_sec, op_id="listDlq", params=[
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000,
                                                              "default": 100}},
                 {"name": "from_offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                {"name": "values", "in": "query", "description": "Full record values instead of a preview",
+                {"name": "values", "in": "query", "description": "Full record values instead of a preview "
+                                                                  "(needs role admin)",
                  "schema": {"type": "boolean", "default": False}},
             ])},
             "/api/dlq/replay": {"post": op("Re-send dead-lettered records to their original topic and partition",
@@ -132,8 +165,34 @@ def document(read_security: bool, example_table: str | None = None) -> dict[str,
                     {"name": "table", "in": "query", "description": "Table id(s), comma-separated; default all.",
                      "schema": {"type": "string"}},
                 ],
-                extra={"502": {"description": "Elasticsearch or the embeddings API failed", "content": _JSON_OBJ}})},
+                extra={"429": {"description": "Too many semantic/hybrid searches for this token; see Retry-After",
+                               "content": _JSON_OBJ},
+                       "502": {"description": "Elasticsearch or the embeddings API failed", "content": _JSON_OBJ}})},
             "/api/workers": {"get": op("Live workers and the profile version each applied", security=read_sec,
                                        op_id="listWorkers")},
-        },
+        }, reads_open),
     }
+
+
+def _secure(paths: dict[str, dict[str, Any]], reads_open: bool) -> dict[str, dict[str, Any]]:
+    """Each operation's ``security`` and ``x-roles`` from ROUTES; refuses a route without its
+    operation here, or an operation ROUTES does not know."""
+    declared = {(p, m.lower()) for p, ms in ROUTES.items() for m in ms}
+    documented = {(p, m) for p, ops in paths.items() for m in ops}
+    if declared != documented:
+        raise AssertionError(f"OpenAPI document and auth.ROUTES disagree: only in ROUTES "
+                             f"{sorted(declared - documented)}, only here {sorted(documented - declared)}")
+    for path, ops in paths.items():
+        for method, o in ops.items():
+            need = ROUTES[path][method.upper()]
+            needs_token = need is Access.ADMIN or (need is not Access.PUBLIC and not reads_open)
+            o["security"] = [{"bearer": []}] if needs_token else []
+            o["x-roles"] = list(ROLES[need])
+            o["x-access"] = need.name.lower()
+            if needs_token:
+                o["responses"].setdefault("401", _UNAUTH)
+            if need is not Access.PUBLIC:
+                o["responses"].setdefault("403", _FORBIDDEN)
+            if method == "get" and path == "/api/dlq":
+                o["responses"].setdefault("401", _UNAUTH)  # values=true needs an admin token
+    return paths

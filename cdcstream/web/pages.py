@@ -169,3 +169,23 @@ def render_status(snap: dict[str, Any]) -> str:
 </table>
 </body></html>
 """
+
+
+def render_login(error: str = "") -> str:
+    """The login form: POSTs the token in the body (never the URL), answered with an HttpOnly cookie."""
+    msg = f'<p class="bad">{_e(error)}</p>' if error else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>cdcstream login</title><style>{_CSS}</style></head>
+<body>
+<h1>cdcstream</h1>
+<p class="muted">Paste an API token (role read or admin). The browser keeps a session cookie, not the token.</p>
+{msg}
+<form method="post" action="/login" autocomplete="off">
+<input type="password" name="token" size="48" required autofocus aria-label="API token">
+<button type="submit">log in</button>
+</form>
+</body></html>
+"""

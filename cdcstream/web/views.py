@@ -1,10 +1,12 @@
 """The worker's web server: status page, Prometheus metrics, JSON API with its OpenAPI document.
 
-Every view is a class subclassing ``ApiView``, whose ``dispatch`` checks the bearer token
-before any handler runs: Faust ignores ``base=`` on function views (notes/faust.md), so a
-function view would silently be unprotected. Write methods always need the token
-(``api_token``, a secret reference); ``protect_reads`` extends that to reads. With no
-token configured, writes are refused (fail closed), never open.
+Every view is a class subclassing ``ApiView``, whose ``dispatch`` authorizes *every* request,
+whatever its method (HEAD and OPTIONS included, and methods the view does not serve, which
+then answer 405), before any handler runs: Faust ignores ``base=`` on function views
+(notes/faust.md), so a function view would silently be unprotected, and Faust's ``View.head``
+calls ``get``, so a check keyed on overridden methods would let HEAD through. What each route
+and method needs is declared once, in ``cdcstream.web.auth.ROUTES``; roles and tokens are
+described there and in docs/api.md.
 
 Handlers run on the agents' event loop: Elasticsearch goes through the async client,
 Kafka through aiokafka, and Kafka Connect, psycopg and tiktoken through the executor.
@@ -14,35 +16,55 @@ Table writes never happen here: a profile change is a command on the control top
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import parse_qs
 
 import faust
 from faust.web import Request, Response, View
 from faust.web.exceptions import MethodNotAllowed
 
 from cdcstream.core.config import ProcessingProfile
+from cdcstream.core.masking import mask_text
 from cdcstream.core.route import Route
-from cdcstream.web.status import StatusService, TTLCache, find_route, in_executor, live_profile, table_id
+from cdcstream.web.auth import (
+    ANONYMOUS,
+    ROUTES,
+    SESSION_COOKIE,
+    SESSION_TTL_S,
+    Access,
+    Principal,
+    RateLimiter,
+    Sessions,
+    TokenBook,
+    Unresolvable,
+    configured_tokens,
+    cookie_value,
+)
+from cdcstream.web.status import StatusService, find_route, in_executor, live_profile, table_id
 
 if TYPE_CHECKING:
     from cdcstream.runtime.context import Pipeline
 
 log = logging.getLogger("cdcstream.web.views")
 
-TOKEN_CACHE_S = 60.0
 MAX_BODY_BYTES = 64 * 1024
+#: Serialized bytes of DLQ records per answer (at least one record is always returned): a
+#: listing of 1,000 records of up to 16 MiB each must not become one huge response.
+DLQ_RESPONSE_BYTES = 4 << 20
+SAFE_METHODS = ("GET", "HEAD")
 
 
 class HttpError(Exception):
     """An error answer: ``status`` and a JSON body with at least ``error``."""
 
-    def __init__(self, status: int, error: str, **extra: Any) -> None:
+    def __init__(self, status: int, error: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(error)
         self.status = status
+        self.headers = headers or {}
         self.body = {"error": error, **extra}
 
 
@@ -130,53 +152,93 @@ def bearer(header: str | None) -> str | None:
 
 # --- the base view ---------------------------------------------------------------------
 class ApiView(View):
-    """Checks the bearer token in ``dispatch`` and turns ``HttpError`` into JSON answers."""
+    """Authorizes every request in ``dispatch`` and turns ``HttpError`` into JSON answers."""
 
     pipe: ClassVar[Pipeline]
     svc: ClassVar[StatusService]
-    tokens: ClassVar[TTLCache]
-    #: A public view answers without a token even with protect_reads (the OpenAPI document).
-    public: ClassVar[bool] = False
+    book: ClassVar[TokenBook]
+    sessions: ClassVar[Sessions]
+    #: method -> access, from ``ROUTES`` (set by ``register``).
+    access: ClassVar[dict[str, Access]] = {}
 
     async def dispatch(self, request: Any) -> Any:
         try:
-            name = request.method.lower()
-            # A method this view does not serve answers 405 without asking for a token first.
-            served = getattr(type(self), name, None) is not getattr(ApiView, name, None)
-            write = request.method not in ("GET", "HEAD")
-            if served and (write or (self.pipe.settings.protect_reads and not self.public)):
-                await self._authorize(request)
+            method = request.method.upper()
+            need = self.access.get("GET" if method == "HEAD" else method)
+            # OPTIONS and unserved methods: as much as the path's weakest method, so that they
+            # tell nothing (not even the 405) to a caller who may call nothing here.
+            who = await self.authorize(request, min(self.access.values()) if need is None else need)
+            request["principal"] = who
+            if need is None:
+                allow = ", ".join(sorted({*self.access, *(["HEAD"] if "GET" in self.access else []), "OPTIONS"}))
+                if method == "OPTIONS":
+                    return self.bytes(b"", status=204, headers={"Allow": allow})
+                raise HttpError(405, f"method {method} not allowed here; allowed: {allow}", headers={"Allow": allow})
             return await super().dispatch(request)
         except HttpError as e:
-            headers = {"WWW-Authenticate": 'Bearer realm="cdcstream"'} if e.status == 401 else None
-            return self.json(e.body, status=e.status, headers=headers)
+            headers = dict(e.headers)
+            if e.status == 401:
+                headers["WWW-Authenticate"] = 'Bearer realm="cdcstream"'
+            return self.json(e.body, status=e.status, headers=headers or None)
         except Exception as e:  # one JSON 500 with a log line, never a traceback page
             log.exception("%s %s failed", request.method, request.path)
             return self.json({"error": f"internal error ({type(e).__name__}); see the worker log"}, status=500)
 
-    async def _authorize(self, request: Any) -> None:
+    async def authorize(self, request: Any, need: Access) -> Principal | None:
+        """The caller, or an HttpError (401: who are you; 403: you may not; 503: tokens unresolvable)."""
+        if need is Access.PUBLIC:
+            return None
         s = self.pipe.settings
-        if s.api_token is None:
-            raise HttpError(403, "no api_token is configured: write endpoints are disabled "
-                                 "(set CDCSTREAM_API_TOKEN to a secret reference)")
-
-        async def resolve() -> str | None:
-            return await in_executor(self.pipe.secret, s.api_token, deadline=10.0)
-
-        try:
-            expected = await self.tokens.get("api_token", resolve)
-        except Exception as e:  # noqa: BLE001 - never show the reference's value or the resolver's details
-            log.warning("api_token cannot be resolved: %s", type(e).__name__)
-            raise HttpError(503, "the api_token secret cannot be resolved right now") from None
         given = bearer(request.headers.get("Authorization"))
-        if given is None:
-            raise HttpError(401, "this endpoint needs 'Authorization: Bearer <token>'")
-        if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
-            raise HttpError(401, "wrong bearer token")
+        # The login form's cookie counts for reads only: a cross-site form can never write.
+        sid = cookie_value(request.headers.get("Cookie")) if request.method in SAFE_METHODS else None
+        if given is None and sid is None and need <= Access.READ and s.reads_open:
+            return ANONYMOUS
+        if need is Access.ADMIN and not self.book.has_admin:
+            raise HttpError(403, "no admin token is configured: write endpoints are disabled "
+                                 "(set CDCSTREAM_API_TOKEN to a secret reference)")
+        if given is None and sid is None:
+            raise HttpError(401, "this endpoint needs 'Authorization: Bearer <token>'"
+                                 + ("" if need is Access.ADMIN else " (browsers: log in at /login)"))
+        if not self.book.entries:
+            raise HttpError(401, "this worker has no API token configured")
+        who = await (self._by_token(given) if given is not None else self._by_session(sid or ""))
+        if not who.passes(need):
+            scope = ", limited to tables" if who.scoped else ""
+            raise HttpError(403, f"token {who.name!r} (role {who.role}{scope}) may not call this; "
+                                 f"it needs role {' or '.join(r for r in ('read', 'admin') if r in _roles(need))}")
+        return who
 
-    # Every undeclared method answers JSON 405 (not aiohttp's text page).
+    async def _by_token(self, given: str) -> Principal:
+        try:
+            who = await self.book.identify(given)
+        except Unresolvable:
+            raise HttpError(503, "the API tokens cannot be resolved right now") from None
+        if who is None:
+            raise HttpError(401, "wrong bearer token")
+        return who
+
+    async def _by_session(self, sid: str) -> Principal:
+        hit = self.sessions.get(sid)
+        if hit is None:
+            raise HttpError(401, "no such session (expired or logged out): log in again at /login")
+        who, fingerprint = hit
+        try:
+            current = await self.book.fingerprint(who.name)
+        except Exception:  # noqa: BLE001 - same answer as an unresolvable bearer token
+            raise HttpError(503, "the API tokens cannot be resolved right now") from None
+        if current != fingerprint:
+            self.sessions.close(sid)
+            raise HttpError(401, "the token of this session was rotated: log in again at /login")
+        return who
+
+    # Every method is routed to dispatch (Faust registers the overridden ones), so that the
+    # check above sees them all; the handlers below are never reached for undeclared methods.
     async def get(self, request: Request, **kwargs: Any) -> Any:
         raise MethodNotAllowed("method GET not allowed here")
+
+    async def head(self, request: Request, **kwargs: Any) -> Any:
+        return await self.get(request, **kwargs)
 
     async def post(self, request: Request, **kwargs: Any) -> Any:
         raise MethodNotAllowed("method POST not allowed here")
@@ -190,6 +252,9 @@ class ApiView(View):
     async def delete(self, request: Request, **kwargs: Any) -> Any:
         raise MethodNotAllowed("method DELETE not allowed here")
 
+    async def options(self, request: Request, **kwargs: Any) -> Any:
+        raise MethodNotAllowed("method OPTIONS not allowed here")
+
     def route_of(self, ident: str) -> Route:
         r = find_route(self.pipe, ident)
         if r is None:
@@ -201,6 +266,17 @@ class ApiView(View):
         return parse_json_object(await request.read())
 
 
+def _roles(need: Access) -> tuple[str, ...]:
+    from cdcstream.web.auth import ROLES
+
+    return ROLES[need]
+
+
+def principal(request: Any) -> Principal | None:
+    p = request.get("principal")
+    return p if isinstance(p, Principal) else None
+
+
 def register(app: faust.App, pipe: Pipeline) -> None:
     # Faust's own /table (table *contents*: row state, TOAST values), /router and debug
     # pages would bypass the token: turn them off before the web server is built.
@@ -208,60 +284,119 @@ def register(app: faust.App, pipe: Pipeline) -> None:
         setattr(app.conf, flag, False)
     svc = StatusService(pipe)
     pipe_ref = pipe
+    limiter = RateLimiter(pipe.settings.api_semantic_per_minute)
 
     class Base(ApiView):
         pipe = pipe_ref
-        tokens = TTLCache(TOKEN_CACHE_S)
+        book = TokenBook(configured_tokens(pipe.settings), pipe.secret, in_executor)
+        sessions = Sessions()
 
     Base.svc = svc
+
+    def page(path: str) -> Any:
+        def add(cls: type[ApiView]) -> Any:
+            cls.access = ROUTES[path]
+            return app.page(path)(cls)
+
+        return add
 
     @app.timer(pipe.settings.status_sample_s)  # type: ignore[untyped-decorator]
     async def sample_status() -> None:
         await svc.sampler.tick()
 
-    @app.page("/status")
+    @page("/healthz")
+    class Healthz(Base):
+        """Liveness only: the web server answers. No data, no token (the Docker HEALTHCHECK)."""
+
+        async def get(self, request: Request, **kwargs: Any) -> Response:
+            return self.text("ok\n", headers={"Cache-Control": "no-store"})
+
+    @page("/login")
+    class Login(Base):
+        """A form that turns a token into an HttpOnly session cookie, so that a browser shows
+        /status without the token in a URL (it would end up in history and access logs)."""
+
+        async def get(self, request: Request, **kwargs: Any) -> Response:
+            from cdcstream.web.pages import render_login
+
+            return self.html(render_login(), headers={"Cache-Control": "no-store"})
+
+        async def post(self, request: Request, **kwargs: Any) -> Response:
+            from cdcstream.web.pages import render_login
+
+            raw = await request.read()
+            if len(raw) > MAX_BODY_BYTES:
+                raise HttpError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+            token = (parse_qs(raw.decode("utf-8", "replace")).get("token") or [""])[0].strip()
+            if not token:
+                return self.html(render_login("a token is required"), status=400,
+                                 headers={"Cache-Control": "no-store"})
+            who = None
+            if self.book.entries:
+                try:
+                    who = await self.book.identify(token)
+                except Unresolvable:
+                    raise HttpError(503, "the API tokens cannot be resolved right now") from None
+            if who is None:
+                return self.html(render_login("wrong token"), status=401, headers={"Cache-Control": "no-store"})
+            fp = await self.book.fingerprint(who.name)
+            sid = self.sessions.open(who, fp or "")
+            log.info("login: session opened for token %r", who.name)
+            cookie = (f"{SESSION_COOKIE}={sid}; HttpOnly; SameSite=Strict; Path=/; Max-Age={int(SESSION_TTL_S)}"
+                      + ("; Secure" if getattr(request, "scheme", "http") == "https" else ""))
+            return self.bytes(b"", status=303, headers={"Location": "/status", "Set-Cookie": cookie,
+                                                         "Cache-Control": "no-store"})
+
+    @page("/logout")
+    class Logout(Base):
+        async def post(self, request: Request, **kwargs: Any) -> Response:
+            sid = cookie_value(request.headers.get("Cookie"))
+            if sid:
+                self.sessions.close(sid)
+            return self.bytes(b"", status=303, headers={
+                "Location": "/login", "Set-Cookie": f"{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"})
+
+    @page("/status")
     class StatusPage(Base):
         async def get(self, request: Request, **kwargs: Any) -> Response:
             from cdcstream.web.pages import render_status
 
             return self.html(render_status(await svc.snapshot()), headers={"Cache-Control": "no-store"})
 
-    @app.page("/metrics")
+    @page("/metrics")
     class Metrics(Base):
         async def get(self, request: Request, **kwargs: Any) -> Response:
             from cdcstream.web.metrics import render
 
             return self.text(render(await svc.snapshot()), content_type="text/plain; version=0.0.4")
 
-    @app.page("/api/openapi.json")
+    @page("/api/openapi.json")
     class OpenApi(Base):
-        public = True
-
         async def get(self, request: Request, **kwargs: Any) -> Response:
             from cdcstream.web.openapi import document
 
             first = next(iter(pipe.router.by_key.values()), None)
-            return self.json(document(pipe.settings.protect_reads, table_id(first) if first else None))
+            return self.json(document(pipe.settings.reads_open, table_id(first) if first else None))
 
-    @app.page("/api/connectors")
+    @page("/api/connectors")
     class Connectors(Base):
         async def get(self, request: Request, **kwargs: Any) -> Response:
             return self.json({"connectors": await svc.connectors(), "worker": pipe.worker_id, "ts": time.time()})
 
-    @app.page("/api/tables")
+    @page("/api/tables")
     class Tables(Base):
         async def get(self, request: Request, **kwargs: Any) -> Response:
             return self.json({"tables": await svc.tables(), "worker": pipe.worker_id, "ts": time.time(),
                               "lag_error": svc.sampler.lag_error, "blocked": svc.blocked()})
 
-    @app.page("/api/tables/{table}")
+    @page("/api/tables/{table}")
     class Table(Base):
         async def get(self, request: Request, **kwargs: Any) -> Response:
             route = self.route_of(kwargs["table"])
             (view,) = await svc.tables([route])
             return self.json({**view, "worker": pipe.worker_id, "ts": time.time()})
 
-    @app.page("/api/tables/{table}/profile")
+    @page("/api/tables/{table}/profile")
     class Profile(Base):
         async def put(self, request: Request, **kwargs: Any) -> Response:
             body = await self.body(request)
@@ -270,12 +405,12 @@ def register(app: faust.App, pipe: Pipeline) -> None:
             return self.json(await change_profile(pipe, svc, route, profile, backfill=backfill, confirm=confirm,
                                                   drop_index=drop_index))
 
-    @app.page("/api/workers")
+    @page("/api/workers")
     class Workers(Base):
         async def get(self, request: Request, **kwargs: Any) -> Response:
             return self.json({"workers": svc.workers()})
 
-    @app.page("/api/dlq")
+    @page("/api/dlq")
     class Dlq(Base):
         async def get(self, request: Request, **kwargs: Any) -> Response:
             from cdcstream.runtime import dlq
@@ -288,21 +423,27 @@ def register(app: faust.App, pipe: Pipeline) -> None:
             start = parse_int(q, "from_offset", None, 0, 2**62)
             values = parse_bool(q, "values")
             assert limit is not None
+            who = principal(request)
+            if values and (who is None or who.role != "admin"):
+                if who is None or who is ANONYMOUS:
+                    raise HttpError(401, "values=true needs an admin token ('Authorization: Bearer <token>')")
+                raise HttpError(403, f"values=true needs role admin; token {who.name!r} has role {who.role}")
             try:
                 records, first, end = await dlq.read(pipe.settings.kafka_bootstrap, pipe.dlq_topic.get_topic_name(),
                                                      limit=limit, from_offset=start)
             except Exception as e:  # noqa: BLE001 - Kafka unreachable: a gateway error, not a crash
                 raise HttpError(502, f"cannot read the DLQ: {type(e).__name__}") from None
+            shown, next_offset, truncated = dlq_page([dlq.public(r, values) for r in records], end)
             return self.json({"topic": pipe.dlq_topic.get_topic_name(), "first_offset": first, "end_offset": end,
-                              "records": [dlq.public(r, values) for r in records]})
+                              "next_offset": next_offset, "truncated": truncated, "records": shown})
 
-    @app.page("/api/dlq/replay")
+    @page("/api/dlq/replay")
     class DlqReplay(Base):
         async def post(self, request: Request, **kwargs: Any) -> Response:
             offsets = parse_replay(await self.body(request))
             return self.json(await replay(pipe, offsets))
 
-    @app.page("/api/dlq/skip")
+    @page("/api/dlq/skip")
     class DlqSkip(Base):
         async def post(self, request: Request, **kwargs: Any) -> Response:
             body = await self.body(request)
@@ -323,10 +464,32 @@ def register(app: faust.App, pipe: Pipeline) -> None:
             return self.json({"skipping": blocked.positions[key], "table": table_id(route), "reason": reason,
                               "worker": pipe.worker_id}, status=202)
 
-    @app.page("/api/search")
+    @page("/api/search")
     class Search(Base):
         async def get(self, request: Request, **kwargs: Any) -> Response:
-            return self.json(await search(pipe, list(request.query.items())))
+            return self.json(await search(pipe, list(request.query.items()), principal(request) or ANONYMOUS,
+                                          limiter))
+
+
+def dlq_page(records: list[dict[str, Any]], end: int,
+             budget: int = DLQ_RESPONSE_BYTES) -> tuple[list[dict[str, Any]], int, bool]:
+    """The records that fit ``budget`` serialized bytes (at least one), the offset to continue
+    from (``from_offset`` of the next page) and whether the budget cut the page short.
+
+    Reasons are masked again on the way out: records written before the masking (or by a sink
+    that quotes values in its errors) must not show values to a read token.
+    """
+    shown: list[dict[str, Any]] = []
+    used = 0
+    for r in records:
+        if isinstance(r.get("reason"), str):
+            r = {**r, "reason": mask_text(r["reason"])}
+        size = len(json.dumps(r, default=str))
+        if shown and used + size > budget:
+            return shown, int(r["dlq_offset"]), True
+        shown.append(r)
+        used += size
+    return shown, (int(shown[-1]["dlq_offset"]) + 1 if shown else end), False
 
 
 # --- handlers with I/O -----------------------------------------------------------------
@@ -440,7 +603,8 @@ async def replay(pipe: Pipeline, offsets: set[int] | None) -> dict[str, Any]:
     return {"replayed": replayed, "skipped": skipped}
 
 
-async def search(pipe: Pipeline, params: list[tuple[str, str]]) -> dict[str, Any]:
+async def search(pipe: Pipeline, params: list[tuple[str, str]], who: Principal = ANONYMOUS,
+                 limiter: RateLimiter | None = None) -> dict[str, Any]:
     from cdcstream.web import search as s
 
     try:
@@ -451,11 +615,21 @@ async def search(pipe: Pipeline, params: list[tuple[str, str]]) -> dict[str, Any
     for ident in req.tables:
         r = find_route(pipe, ident)
         if r is None:
-            known = ", ".join(table_id(x) for x in pipe.router.by_key.values())
+            # A table-scoped token learns nothing about tables beyond its own.
+            known = ", ".join(table_id(x) for x in pipe.router.by_key.values() if _may_search(pipe, who, x))
             raise bad(f"unknown table {ident!r}; known: {known}")
+        if not _may_search(pipe, who, r):
+            raise HttpError(403, f"token {who.name!r} may not search {ident!r}")
         routes.append(r)
     explicit = bool(routes)
-    routes = routes or list(pipe.router.by_key.values())
+    routes = routes or [r for r in pipe.router.by_key.values() if _may_search(pipe, who, r)]
+    if req.mode in ("semantic", "hybrid") and limiter is not None:
+        wait = limiter.take(who.name)
+        if wait > 0:
+            retry = max(1, math.ceil(wait))
+            raise HttpError(429, f"too many {req.mode} searches for token {who.name!r}: at most "
+                                 f"{limiter.per_minute} per minute; retry in {retry} s",
+                            headers={"Retry-After": str(retry)}, retry_after_s=retry)
     targets = []
     for r in routes:
         prof, _ = live_profile(pipe, r)
@@ -482,3 +656,10 @@ async def search(pipe: Pipeline, params: list[tuple[str, str]]) -> dict[str, Any
         raise bad(str(e)) from None
     except s.SearchBackendError as e:
         raise HttpError(502, str(e)) from None
+
+
+def _may_search(pipe: Pipeline, who: Principal, route: Route) -> bool:
+    if who.tables is None:
+        return True
+    allowed = {r.table_id.key for r in (find_route(pipe, t) for t in who.tables) if r is not None}
+    return route.table_id.key in allowed

@@ -271,7 +271,10 @@ def test_two_workers_serve_the_same_totals(p: Pipeline) -> None:
                == 200, timeout=180, retry_on=API_NOT_YET)
         assert api(p, port2).get("/api/tables").status_code == 401
         assert api(p, port2).get("/status").status_code == 401
-        assert api(p, port2).get("/api/openapi.json").status_code == 200  # the API description stays public
+        # Closed by default: with reads protected, only /healthz answers without a token.
+        assert api(p, port2).get("/api/openapi.json").status_code == 401
+        assert api(p, port2).get("/api/openapi.json", auth=True).status_code == 200
+        assert api(p, port2).get("/healthz").text == "ok\n"
         p.sql("INSERT INTO orders VALUES (10, 'umbrella', 5.00, 'new'), (11, 'hooli', 6.00, 'new')")
         p.sql("UPDATE orders SET status = 'paid' WHERE id = 10")
 
