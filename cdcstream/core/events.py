@@ -5,8 +5,13 @@ Dataclasses with slots, not pydantic models: one is built per Kafka record on th
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import enum
+import hashlib
+import math
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 
@@ -178,15 +183,76 @@ class ChangeEvent:
         return doc_id(self.key)
 
 
-def doc_id(key: dict[str, Any]) -> str:
-    """Document id from a primary key: one column as is, composite keys joined unambiguously.
+#: Elasticsearch refuses an ``_id`` longer than 512 bytes (UTF-8).
+MAX_ID_BYTES = 512
+HASHED_ID_PREFIX = "~sha256:"
+
+
+def key_text(key: dict[str, Any]) -> str:
+    """A primary key as text: one column as is, composite keys joined unambiguously.
 
     Each part is length-prefixed, so ``("a|b", "c")`` and ``("a", "b|c")`` never collide.
+    This is what documents keep in ``_cdc.key``, whatever their ``_id``.
     """
     if len(key) == 1:
         return _key_part(next(iter(key.values())))
     return "|".join(f"{len(p)}:{p}" for p in (_key_part(v) for v in key.values()))
 
 
+def bounded_id(text: str) -> str:
+    """``text`` as an Elasticsearch ``_id``: as is up to 512 bytes, else ``~sha256:<64 hex>``
+    of its UTF-8 bytes (stable: the same key always gets the same id)."""
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) <= MAX_ID_BYTES:
+        return text
+    return HASHED_ID_PREFIX + hashlib.sha256(raw).hexdigest()
+
+
+def is_hashed_id(doc_id: str) -> bool:
+    return doc_id.startswith(HASHED_ID_PREFIX) and len(doc_id) == len(HASHED_ID_PREFIX) + 64
+
+
+def doc_id(key: dict[str, Any]) -> str:
+    """Document id from a primary key: ``key_text``, hashed when it is longer than ES allows."""
+    return bounded_id(key_text(key))
+
+
 def _key_part(v: Any) -> str:
     return "" if v is None else str(v)
+
+
+# --- values as JSON ------------------------------------------------------------------
+#: How Debezium (and JSON generally) writes the floats JSON cannot carry; the mirror and the
+#: archive keep these texts.
+NONFINITE_TEXT = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+DECIMAL_SOURCE_TYPES = frozenset({"NUMERIC", "DECIMAL", "MONEY"})
+SOURCE_TYPE = "__debezium.source.column.type"
+
+
+def is_string_decimal(schema: dict[str, Any] | Any) -> bool:
+    """A NUMERIC/DECIMAL/MONEY sent as text (decimal.handling.mode=string) with its source type
+    propagated (``datatype.propagate.source.type``): decoded and mapped as an exact decimal."""
+    params = schema.get("parameters") or {}
+    return bool(schema.get("type") == "string" and str(params.get(SOURCE_TYPE, "")).upper() in DECIMAL_SOURCE_TYPES)
+
+
+def plain(v: Any) -> Any:
+    """A decoded value as JSON, exactly: decimals as their text, bytes as base64, dates as ISO
+    8601, NaN/+-Infinity as the texts ``NaN``/``Infinity``/``-Infinity``. Idempotent."""
+    if v is None or isinstance(v, (str, bool, int)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else NONFINITE_TEXT[repr(v)]
+    if isinstance(v, Decimal):
+        return str(v)
+    if isinstance(v, FarTime):
+        return v.text
+    if isinstance(v, (dt.datetime, dt.date, dt.time)):
+        return v.isoformat()
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(v)).decode()
+    if isinstance(v, dict):
+        return {k: plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    return str(v)

@@ -6,12 +6,13 @@ computes it (``RowState``), the agent writes it while the event is current.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from cdcstream.core.config import Config, ConnectorSpec, ConnectorTableConfig, ProcessingProfile
-from cdcstream.core.events import ChangeEvent, TableId
+from cdcstream.core.events import ChangeEvent, TableId, plain
 
 # PostgreSQL moves values out of line once a row passes ~2 kB (TOAST_TUPLE_THRESHOLD);
 # only such values can come back as the unavailable placeholder, so only they are kept.
@@ -45,10 +46,17 @@ class RowState:
     def load(cls, raw: dict[str, Any] | None) -> RowState | None:
         if raw is None:
             return None
-        return cls(int(raw["v"]), "d" in raw, int(raw.get("d", 0)), dict(raw.get("c", {})), dict(raw.get("x", {})))
+        toast = {k: v for k, v in dict(raw.get("x", {})).items() if not _bytes_repr(v)}
+        return cls(int(raw["v"]), "d" in raw, int(raw.get("d", 0)), dict(raw.get("c", {})), toast)
 
     def expired_marker(self, now_ms: int, retention_ms: int = DELETE_MARKER_RETENTION_MS) -> bool:
         return self.deleted and now_ms - self.deleted_at_ms > retention_ms
+
+
+def _bytes_repr(v: Any) -> bool:
+    # Row state written before bytes were kept as base64 holds Python's b'...' text: not a value
+    # to write (the binary field refuses it). Dropped, the mirror fills the column instead.
+    return isinstance(v, str) and len(v) > 2 and v[0] == "b" and v[1] in "'\"" and v[-1] == v[1]
 
 
 @dataclass(frozen=True)
@@ -96,4 +104,22 @@ def is_stale(ev: ChangeEvent, state: RowState | None, now_ms: int | None = None)
 
 
 def keep_toast(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if isinstance(v, (str, bytes)) and len(v) >= TOAST_MIN_BYTES}
+    """The row's TOAST-able values, in their JSON form (``plain``): the row state is stored as
+    JSON, so bytes are kept as base64 (as documents hold them), never as Python's ``b'...'``.
+
+    Text, bytea, json/jsonb, arrays and hstore can come back as the placeholder; a value is kept
+    when its JSON form has at least ``TOAST_MIN_BYTES`` characters.
+    """
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if isinstance(v, str):
+            if len(v) >= TOAST_MIN_BYTES:
+                out[k] = v
+        elif isinstance(v, (bytes, bytearray)):
+            if len(v) * 4 // 3 >= TOAST_MIN_BYTES:
+                out[k] = plain(v)
+        elif isinstance(v, (dict, list)):
+            p = plain(v)
+            if len(json.dumps(p, separators=(",", ":"))) >= TOAST_MIN_BYTES:
+                out[k] = p
+    return out

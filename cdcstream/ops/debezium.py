@@ -4,8 +4,13 @@ Choices made here, for every connector (docs/connectors.md explains them to oper
 
 * JsonConverter with ``schemas.enable=true`` for keys and values: the Faust side decodes
   logical types (Decimal, MicroTimestamp, ...) exactly from the schema in each record.
-* ``decimal.handling.mode=precise``: NUMERIC/DECIMAL travel as exact unscaled bytes; never
-  ``double`` (loses digits) nor ``string`` (loses the scale's type information).
+* Decimals travel exactly, never as ``double`` (loses digits). MariaDB/MySQL:
+  ``decimal.handling.mode=precise`` (unscaled bytes and a scale). PostgreSQL:
+  ``decimal.handling.mode=string`` with ``datatype.propagate.source.type`` for NUMERIC,
+  DECIMAL and MONEY: the exact text, and the schema still says it is a decimal (the
+  decoder and the mapping read ``__debezium.source.column.type``). Precise mode cannot carry
+  NUMERIC's ``NaN``/``Infinity``/``-Infinity`` (it sends null); string mode sends ``NAN``,
+  ``POSITIVE_INFINITY``, ``NEGATIVE_INFINITY`` (seen on the real stack, Debezium 3.6).
 * ``time.precision.mode=adaptive_time_microseconds``: timestamps keep the column's own
   precision (ms or us), TIME is always microseconds.
 * Tombstones on: a delete is followed by a null-valued record, so compacted topics forget
@@ -28,6 +33,8 @@ import zlib
 from cdcstream.core.config import ConnectorSpec, ConnectorTableConfig
 
 PG_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
+# The PostgreSQL types whose source type travels with the schema (decimals sent as text).
+PG_DECIMAL_TYPES = ".+\\.NUMERIC,.+\\.DECIMAL,.+\\.MONEY"
 MARIADB_CLASS = "io.debezium.connector.mariadb.MariaDbConnector"
 MYSQL_CLASS = "io.debezium.connector.mysql.MySqlConnector"
 CONNECTOR_CLASSES = {"postgres": PG_CLASS, "mariadb": MARIADB_CLASS, "mysql": MYSQL_CLASS}
@@ -122,7 +129,7 @@ def build(spec: ConnectorSpec, *, user: str, password: str, kafka_bootstrap: str
         "key.converter.schemas.enable": "true",
         "value.converter": "org.apache.kafka.connect.json.JsonConverter",
         "value.converter.schemas.enable": "true",
-        "decimal.handling.mode": "precise",
+        "decimal.handling.mode": "precise",  # PostgreSQL: string, below
         "time.precision.mode": "adaptive_time_microseconds",
         "tombstones.on.delete": "true",
         "topic.creation.default.partitions": str(spec.partitions),
@@ -144,6 +151,8 @@ def build(spec: ConnectorSpec, *, user: str, password: str, kafka_bootstrap: str
                 f"INSERT INTO {heartbeat_table(spec)} (id, ts) VALUES (1, now()) "  # noqa: S608
                 f"ON CONFLICT (id) DO UPDATE SET ts = EXCLUDED.ts"),
             "skipped.operations": "none",
+            "decimal.handling.mode": "string",
+            "datatype.propagate.source.type": PG_DECIMAL_TYPES,
         })
     else:
         cfg.update({

@@ -25,6 +25,7 @@ import datetime as dt
 import gzip
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,20 +33,22 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from cdcstream.core.config import Config, ConnectorSpec, ConnectorTableConfig, ProcessingProfile
-from cdcstream.core.events import doc_id
+from cdcstream.core.events import NONFINITE_TEXT, doc_id, is_hashed_id
 from cdcstream.core.route import Route
 from cdcstream.pipeline.chunking import Chunker
 
 Kind = Literal["int", "float4", "float8", "decimal", "bool", "text", "ts", "tstz", "date", "time", "bytes",
-               "json", "interval", "other"]
+               "json", "hstore", "point", "interval", "other"]
 MAX_DETAILS = 20
 
 _PG_KINDS: dict[str, Kind] = {
     "smallint": "int", "integer": "int", "bigint": "int", "real": "float4", "double precision": "float8",
     "numeric": "decimal", "boolean": "bool", "timestamp without time zone": "ts",
     "timestamp with time zone": "tstz", "date": "date", "time without time zone": "time", "bytea": "bytes",
-    "json": "json", "jsonb": "json", "interval": "interval", "ARRAY": "json",
+    "json": "json", "jsonb": "json", "interval": "interval", "ARRAY": "json", "point": "point",
 }
+# PostgreSQL types information_schema calls USER-DEFINED, by udt_name.
+_PG_UDT_KINDS: dict[str, Kind] = {"hstore": "hstore"}
 _MY_KINDS: dict[str, Kind] = {
     "tinyint": "int", "smallint": "int", "mediumint": "int", "int": "int", "bigint": "int", "year": "int",
     "float": "float4", "double": "float8", "decimal": "decimal", "datetime": "ts", "timestamp": "tstz",
@@ -80,6 +83,27 @@ def _as_time(v: Any) -> dt.time:
     return dt.time.fromisoformat(str(v))
 
 
+def _finite_json(v: Any) -> Any:
+    # NaN/+-Infinity as the mirror keeps them (their text): JSON has no such numbers.
+    if isinstance(v, float) and not math.isfinite(v):
+        return NONFINITE_TEXT[repr(v)]
+    if isinstance(v, dict):
+        return {k: _finite_json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite_json(x) for x in v]
+    return v
+
+
+def _point(v: Any) -> str:
+    """(x, y) of a PostgreSQL point: the driver's text "(x,y)", the mirror's {"x", "y"} or an
+    index made before points were planar, {"lat": y, "lon": x}."""
+    if isinstance(v, dict):
+        x, y = (v["x"], v["y"]) if "x" in v else (v["lon"], v["lat"])
+    else:
+        x, y = str(v).strip().strip("()").split(",")
+    return f"({format(float(x), '.15g')},{format(float(y), '.15g')})"
+
+
 def canonical(kind: Kind, v: Any) -> Any:
     """The comparable form of a value as the source driver or the mirror gives it."""
     if v is None:
@@ -106,8 +130,11 @@ def canonical(kind: Kind, v: Any) -> Any:
                 return _as_time(v).isoformat(timespec="microseconds")
             case "bytes":
                 return base64.b64encode(bytes(v)).decode() if isinstance(v, (bytes, bytearray, memoryview)) else v
-            case "json":
-                return json.dumps(json.loads(v) if isinstance(v, str) else v, sort_keys=True, default=str)
+            case "json" | "hstore":
+                return json.dumps(_finite_json(json.loads(v) if isinstance(v, str) else v), sort_keys=True,
+                                  default=str)
+            case "point":
+                return _point(v)
             case "interval":
                 return int(v.total_seconds() * 1_000_000) if isinstance(v, dt.timedelta) else int(v)
             case _:
@@ -171,14 +198,17 @@ class Source:
             return list(cur.fetchall())
 
     def _columns(self) -> list[tuple[str, Kind]]:
-        rows = self._rows("SELECT column_name, data_type FROM information_schema.columns "
+        udt = ", udt_name" if self.kind == "postgres" else ", data_type"
+        rows = self._rows(f"SELECT column_name, data_type{udt} FROM information_schema.columns "  # noqa: S608
                           "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
                           (self.table.schema_name, self.table.table_name))
         if not rows:
             raise VerifyError(f"{self.table.name}: no such table in {self.spec.connection.database} "
                               f"(or no privilege to see it)")
-        kinds = _PG_KINDS if self.kind == "postgres" else _MY_KINDS
-        cols = [(str(n), kinds.get(str(t).lower() if self.kind != "postgres" else str(t), "text")) for n, t in rows]
+        if self.kind == "postgres":
+            cols = [(str(n), _PG_UDT_KINDS.get(str(u)) or _PG_KINDS.get(str(t), "text")) for n, t, u in rows]
+        else:
+            cols = [(str(n), _MY_KINDS.get(str(t).lower(), "text")) for n, t, _ in rows]
         if self.table.include_columns:
             cols = [c for c in cols if c[0] in self.table.include_columns]
         return [c for c in cols if c[0] not in self.table.exclude_columns]
@@ -196,7 +226,8 @@ class Source:
         return [str(r[0]) for r in rows]
 
     def _select(self) -> str:
-        cols = ", ".join(self._q(c) for c, _ in self.columns)
+        # hstore is read as JSON, the form Debezium sends (hstore.handling.mode=json).
+        cols = ", ".join(f"{self._q(c)}::json" if k == "hstore" else self._q(c) for c, k in self.columns)
         return f"SELECT {cols} FROM {self.qualified}"  # noqa: S608 - quoted identifiers, no values
 
     def count(self) -> int:
@@ -236,7 +267,8 @@ class Source:
         want = set(ids)
         if not want:
             return {}
-        if len(self.key) == 1:
+        if len(self.key) == 1 and not any(is_hashed_id(i) for i in want):
+            # (A key too long for an Elasticsearch _id has a hashed id: found by rescanning.)
             col = self.key[0]
             out: dict[str, dict[str, Any]] = {}
             todo = sorted(want)

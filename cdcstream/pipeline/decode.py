@@ -25,11 +25,19 @@ from cdcstream.core.events import (
     SnapshotMarker,
     SourcePosition,
     TableId,
+    is_string_decimal,
 )
 
 #: Debezium's default ``unavailable.value.placeholder`` (PostgreSQL unchanged TOAST values).
 UNAVAILABLE = "__debezium_unavailable_value"
 _UNAVAILABLE_B64 = base64.b64encode(UNAVAILABLE.encode()).decode()
+# How the placeholder arrives per column type (seen on the real stack, Debezium 3.6 + PostgreSQL
+# 15, REPLICA IDENTITY DEFAULT, an update of another column): text, json and jsonb as the
+# string; bytea as its base64; text[] (and other arrays of strings) as a one-element array;
+# int[] as the placeholder's bytes, one integer each; hstore (hstore.handling.mode=json) as
+# the JSON object {placeholder: placeholder}; map mode as that map.
+_UNAVAILABLE_CODES = list(UNAVAILABLE.encode())
+_UNAVAILABLE_MAP = {UNAVAILABLE: UNAVAILABLE}
 
 EPOCH = dt.datetime(1970, 1, 1)
 EPOCH_DATE = dt.date(1970, 1, 1)
@@ -217,6 +225,31 @@ def _zoned_time(value: Any, schema: Mapping[str, Any]) -> str | None:
     return None if value is None else str(value)
 
 
+# Decimals in decimal.handling.mode=string (PostgreSQL connectors, ops/debezium.py): the exact
+# text, and for NUMERIC's special values Debezium's names (precise mode sends them as null).
+_DECIMAL_SPECIAL = {"NAN": "NaN", "POSITIVE_INFINITY": "Infinity", "NEGATIVE_INFINITY": "-Infinity"}
+
+
+def _string_decimal(value: Any) -> Decimal | str | None:
+    if value is None:
+        return None
+    text = str(value)
+    try:
+        return Decimal(_DECIMAL_SPECIAL.get(text, text))
+    except ArithmeticError:
+        return text  # never refused: the text is kept as the source sent it
+
+
+def _float(value: Any) -> Any:
+    # JSON has no NaN/Infinity: Debezium's JsonConverter writes "NaN", "Infinity", "-Infinity".
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _json(value: Any, schema: Mapping[str, Any]) -> Any:
     if value is None:
         return None
@@ -292,6 +325,10 @@ def convert(value: Any, schema: Mapping[str, Any]) -> Any:
     typ = schema.get("type")
     if typ == "bytes":
         return base64.b64decode(value)
+    if typ in ("float", "double", "float32", "float64"):
+        return _float(value)
+    if typ == "string" and is_string_decimal(schema):
+        return _string_decimal(value)
     if typ == "struct":
         return convert_struct(value, schema)
     if typ == "array":
@@ -314,11 +351,34 @@ def _field_schema(envelope: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     return {}
 
 
-def _strip_unavailable(row: dict[str, Any], raw: Mapping[str, Any]) -> frozenset[str]:
-    gone = [k for k, v in raw.items() if v == UNAVAILABLE or v == _UNAVAILABLE_B64]
+def is_unavailable(raw: Any) -> bool:
+    """Whether a raw field value is Debezium's unchanged-TOAST placeholder, in any of its forms."""
+    if isinstance(raw, str):
+        if raw == UNAVAILABLE or raw == _UNAVAILABLE_B64:
+            return True
+        if raw.startswith('{"' + UNAVAILABLE):
+            try:
+                return bool(json.loads(raw) == _UNAVAILABLE_MAP)
+            except ValueError:
+                return False
+        return False
+    if isinstance(raw, list):
+        return raw in ([UNAVAILABLE], [_UNAVAILABLE_B64]) or raw == _UNAVAILABLE_CODES
+    if isinstance(raw, dict):
+        return raw == _UNAVAILABLE_MAP
+    return False
+
+
+def _row(raw: Mapping[str, Any], schema: Mapping[str, Any]) -> tuple[dict[str, Any], frozenset[str]]:
+    """The converted row and its unavailable columns, which are left out: the placeholder is
+    never converted (a jsonb column's placeholder is not JSON, a bytea's not the value)."""
+    gone = frozenset(k for k, v in raw.items() if v is not None and is_unavailable(v))
+    if not gone:
+        return convert_struct(raw, schema), gone
+    row = convert_struct({k: (None if k in gone else v) for k, v in raw.items()}, schema)
     for k in gone:
         row.pop(k, None)
-    return frozenset(gone)
+    return row, gone
 
 
 # --- records ----------------------------------------------------------------------
@@ -402,13 +462,8 @@ def decode(
 
     before_raw, after_raw = payload.get("before"), payload.get("after")
     before_schema, after_schema = _field_schema(vschema, "before"), _field_schema(vschema, "after")
-    before = convert_struct(before_raw, before_schema) if before_raw is not None else None
-    after = convert_struct(after_raw, after_schema) if after_raw is not None else None
-    unavailable: frozenset[str] = frozenset()
-    if after is not None and after_raw is not None:
-        unavailable = _strip_unavailable(after, after_raw)
-    if before is not None and before_raw is not None:
-        _strip_unavailable(before, before_raw)
+    before = _row(before_raw, before_schema)[0] if before_raw is not None else None
+    after, unavailable = _row(after_raw, after_schema) if after_raw is not None else (None, frozenset())
 
     if op is Op.TRUNCATE:
         key_dict: dict[str, Any] = {}

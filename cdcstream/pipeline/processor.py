@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cdcstream.core.config import ProcessingProfile
-from cdcstream.core.events import ChangeEvent, Op, SnapshotMarker
+from cdcstream.core.events import ChangeEvent, Op, SnapshotMarker, bounded_id
 from cdcstream.core.faults import crash_point
 from cdcstream.core.route import Route, Router, RowState, is_stale, keep_toast, row_key
 from cdcstream.pipeline.archive import ArchiveBuffer
@@ -362,6 +362,6 @@ def track_snapshot(out: Outcome, tp: tuple[str, int], ev: ChangeEvent) -> None:
 
 
 def chunk_id(doc_id: str, column: str, n: int) -> str:
-    return f"{doc_id}#{column}#{n}"
+    return bounded_id(f"{doc_id}#{column}#{n}")  # hashed past Elasticsearch's 512-byte _id limit
 
 

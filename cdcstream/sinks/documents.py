@@ -7,12 +7,9 @@ for range queries and sorting.
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-from decimal import Decimal
 from typing import Any
 
-from cdcstream.core.events import ChangeEvent, FarTime
+from cdcstream.core.events import ChangeEvent, FarTime, is_string_decimal, key_text, plain
 
 # Metadata kept on every mirrored document (verification, debugging, freshness).
 META = "_cdc"
@@ -28,6 +25,7 @@ _KEYWORD_TYPES = {
     "org.apache.kafka.connect.data.Time", "io.debezium.time.Interval",
 }
 _DECIMAL_TYPES = {"org.apache.kafka.connect.data.Decimal", "io.debezium.data.VariableScaleDecimal"}
+POINT = "io.debezium.data.geometry.Point"
 
 
 def field_mapping(schema: dict[str, Any], text: bool = False) -> dict[str, Any]:
@@ -36,7 +34,9 @@ def field_mapping(schema: dict[str, Any], text: bool = False) -> dict[str, Any]:
     typ = schema.get("type")
     if text:
         return {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}}
-    if name in _DECIMAL_TYPES:
+    if name in _DECIMAL_TYPES or is_string_decimal(schema):
+        # NaN and +-Infinity (PostgreSQL NUMERIC) are the keyword "NaN"/"Infinity"/"-Infinity";
+        # the .num sub-field skips them (ignore_malformed).
         return {"type": "keyword", "fields": {"num": {"type": "double", "ignore_malformed": True}}}
     if name in _DATE_TYPES:
         return {"type": "date", "format": "strict_date_optional_time_nanos||strict_date_optional_time||epoch_millis"}
@@ -46,8 +46,9 @@ def field_mapping(schema: dict[str, Any], text: bool = False) -> dict[str, Any]:
         # Arbitrary JSON would make the mapping grow without bound and conflict between rows:
         # keep it in _source, not indexed.
         return {"type": "object", "enabled": False}
-    if name == "io.debezium.data.geometry.Point":
-        return {"type": "geo_point"}
+    if name == POINT:
+        # PostgreSQL's point is planar (any x and y), not a longitude/latitude: two doubles.
+        return {"type": "object", "properties": {"x": {"type": "double"}, "y": {"type": "double"}}}
     if name and name.startswith("io.debezium.data.geometry"):
         return {"type": "object", "enabled": False}
     if name == "io.debezium.time.MicroDuration":
@@ -79,34 +80,18 @@ def row_mapping(row_schema: dict[str, Any], text_columns: tuple[str, ...] = ()) 
 
 
 def jsonable(v: Any, schema: dict[str, Any] | None = None) -> Any:
-    """A decoded value as JSON for Elasticsearch and the archive (exact: decimals as text)."""
-    if v is None or isinstance(v, (str, int, float, bool)):
-        return v
-    if isinstance(v, Decimal):
-        return str(v)
-    if isinstance(v, FarTime):
-        # The archive keeps the source's text; documents hold epoch_ms (row_document).
-        return v.text
-    if isinstance(v, dt.datetime):
-        return v.isoformat()
-    if isinstance(v, (dt.date, dt.time)):
-        return v.isoformat()
-    if isinstance(v, bytes):
-        return base64.b64encode(v).decode()
-    if isinstance(v, dict):
-        if schema is not None and schema.get("name") == "io.debezium.data.geometry.Point" and "x" in v:
-            return {"lat": v["y"], "lon": v["x"]}
-        return {k: jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [jsonable(x) for x in v]
-    return str(v)
+    """A decoded value as JSON for Elasticsearch and the archive (exact: decimals as text;
+    NaN/+-Infinity as "NaN"/"Infinity"/"-Infinity"; a point as {"x", "y"})."""
+    if schema is not None and schema.get("name") == POINT and isinstance(v, dict) and "x" in v:
+        return {"x": plain(v["x"]), "y": plain(v["y"])}
+    return plain(v)
 
 
 def row_document(ev: ChangeEvent, row: dict[str, Any]) -> dict[str, Any]:
     fields = {f["field"]: f for f in (ev.row_schema or {}).get("fields", ())}
     doc = {k: v.epoch_ms if isinstance(v, FarTime) else jsonable(v, fields.get(k)) for k, v in row.items()}
     meta: dict[str, Any] = {"op": ev.op.value, "version": ev.position.version, "position": ev.position.text,
-                            "ts_source": ev.ts_source_ms, "table": str(ev.table), "key": ev.doc_id}
+                            "ts_source": ev.ts_source_ms, "table": str(ev.table), "key": key_text(ev.key)}
     special = {k: v.text for k, v in row.items() if isinstance(v, FarTime)}
     if special:
         # Dates Python cannot hold: the date field holds epoch milliseconds (infinity: the
