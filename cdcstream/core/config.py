@@ -111,7 +111,8 @@ class ConnectorTableConfig(_Model):
     include_columns: tuple[str, ...] = ()
     exclude_columns: tuple[str, ...] = ()
     index: str | None = Field(
-        default=None, description="Target index (alias) name; default <connector>-<schema>-<table>"
+        default=None, description="Target index (alias) name; default <connector>-<schema>-<table> (lowercase, "
+                                  "`_` as `-`); two tables never share one (refused when the config loads)"
     )
 
     @field_validator("name")
@@ -256,8 +257,27 @@ class ConnectorSpec(_Model):
     def table_id(self, table: ConnectorTableConfig) -> TableId:
         return TableId(self.name, self.connection.database, table.schema_name, table.table_name)
 
+    def index_alias(self, table: ConnectorTableConfig) -> str:
+        """The table's index alias: ``index`` if given, else ``<connector>-<schema>-<table>``
+        lowercased with ``_`` as ``-`` (so different tables can derive the same name: the
+        config refuses that: ``Config._unique_indices``)."""
+        if table.index:
+            return table.index
+        return f"{self.name}-{table.schema_name}-{table.table_name}".lower().replace("_", "-")
+
     def topic(self, table: ConnectorTableConfig) -> str:
         return f"{self.prefix}.{table.schema_name}.{table.table_name}"
+
+
+class IndexCollision(ValueError):
+    """Two tables would write the same Elasticsearch index; names both (positions for lines)."""
+
+    def __init__(self, name: str, first: tuple[int, int], second: tuple[int, int], message: str) -> None:
+        super().__init__(message)
+        self.name, self.first, self.second = name, first, second
+
+
+CHUNKS_SUFFIX = "-chunks"
 
 
 class Config(_Model):
@@ -277,7 +297,26 @@ class Config(_Model):
                 raise ValueError(f"topic prefix {c.prefix} is used by two connectors; their topics would mix")
             names.add(c.name)
             prefixes.add(c.prefix)
+        self._unique_indices()
         return self
+
+    def _unique_indices(self) -> None:
+        """Refuse two tables that would share an index: the same alias (derived or ``index:``),
+        or one table's alias equal to another's chunks index (``<alias>-chunks``, which any
+        table gets when it runs the ``full`` profile: profiles switch at runtime)."""
+        owners: dict[str, tuple[int, int, str, str]] = {}
+        for ci, c in enumerate(self.connectors):
+            for ti, t in enumerate(c.tables):
+                alias = c.index_alias(t)
+                what = f"{c.name}/{t.name}"
+                for name, role in ((alias, "index"), (alias + CHUNKS_SUFFIX, "chunks index")):
+                    prev = owners.get(name)
+                    if prev is not None:
+                        raise IndexCollision(name, (prev[0], prev[1]), (ci, ti),
+                                             f"Elasticsearch index name {name!r} is both the {prev[3]} of table "
+                                             f"{prev[2]} and the {role} of table {what}; give one of them "
+                                             f"another `index:`")
+                    owners[name] = (ci, ti, what, role)
 
     def tables(self) -> Iterator[tuple[ConnectorSpec, ConnectorTableConfig]]:
         for c in self.connectors:
@@ -328,6 +367,17 @@ def _describe(data: Any, loc: tuple[int | str, ...]) -> str:
     return ".".join(out)
 
 
+def _collision(path: Path, data: Any, c: IndexCollision) -> str:
+    """``file:line: connectors[1] (b).tables[0] (x): ...`` pointing at the second table, naming the first's line."""
+    def where(pos: tuple[int, int]) -> tuple[int, str]:
+        loc: tuple[int | str, ...] = ("connectors", pos[0], "tables", pos[1])
+        line = _line_of(data, (*loc, "index")) or _line_of(data, (*loc, "name")) or _line_of(data, loc) or 1
+        return line, _describe(data, loc)
+
+    (l1, d1), (l2, d2) = where(c.first), where(c.second)
+    return f"{path}:{l2}: {d2}: {c} (the other is {d1}, line {l1})"
+
+
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     yaml = YAML(typ="rt")
@@ -349,6 +399,10 @@ def load_config(path: str | Path) -> Config:
     except ValidationError as e:
         lines = []
         for err in e.errors():
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, IndexCollision):
+                lines.append(_collision(path, data, cause))
+                continue
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
             line = _line_of(data, loc)
             msg = err["msg"].removeprefix("Value error, ")

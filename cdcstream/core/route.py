@@ -67,10 +67,7 @@ class Route:
 
     @property
     def alias(self) -> str:
-        if self.table.index:
-            return self.table.index
-        t = self.table_id
-        return f"{t.connector}-{t.schema}-{t.table}".lower().replace("_", "-")
+        return self.connector.index_alias(self.table)
 
     @property
     def chunks_alias(self) -> str:
