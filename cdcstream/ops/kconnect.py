@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import requests
 
+from cdcstream.core.masking import mask_text
 from cdcstream.core.secrets import MASK
 
 
@@ -201,10 +202,26 @@ class ConnectClient:
                               f"{last.state if last else 'absent'})", "wait")
 
 
+def secret_property(name: str) -> bool:
+    """Whether a connector property holds a secret: any name with password/secret/token/
+    credentials, a JAAS config (it carries a password inline), or a name whose last part is
+    a key (``ssl.key``, ``aws.secret.access.key``, ``api.key``, ``*.apikey``). Names where
+    "key" is a qualifier (``key.converter``, ``message.key.columns``) are not secrets."""
+    n = name.lower()
+    if any(w in n for w in ("password", "passwd", "secret", "token", "credentials", "jaas.config")):
+        return True
+    return "key" in n.replace("_", ".").replace("-", ".").rsplit(".", 1)[-1]
+
+
 def mask_config(config: dict[str, str]) -> dict[str, str]:
-    """A config safe to print: every password-like property masked, ${...} placeholders kept."""
+    """A config safe to print: every secret property masked (``${...}`` placeholders kept:
+    they name a file or a provider, not the secret), and secrets inside other values (a URL's
+    ``user:password@``, a ``password=`` pair) masked in place."""
     out = {}
     for k, v in config.items():
-        secretish = any(w in k.lower() for w in ("password", "secret", "api.key", "token", "credentials"))
-        out[k] = MASK if secretish and not v.startswith("${") else v
+        v = str(v)
+        if secret_property(k):
+            out[k] = v if v.startswith("${") and v.endswith("}") else MASK
+        else:
+            out[k] = mask_text(v)
     return out

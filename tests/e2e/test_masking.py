@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -49,8 +50,11 @@ def test_no_secret_value_leaks_anywhere(tmp_path: Path, require: Callable[[str],
     for k, v in vault_env.items():
         monkeypatch.setenv(k, v)
     creds_dir = tmp_path / "connect-credentials"
+    # Secret-looking connector properties the plan must mask by name (or, in a URL, by position).
+    jaas_pw, api_key, url_pw = ("jaas-" + uuid.uuid4().hex, "key-" + uuid.uuid4().hex, "url-" + uuid.uuid4().hex)
     with pipeline(tmp_path, require("postgres"), require("elasticsearch"), require("embeddings"), TABLES) as p:
-        secrets = {"database password": p.password, "api token": api_token}
+        secrets = {"database password": p.password, "api token": api_token, "sasl.jaas.config password": jaas_pw,
+                   "*.api.key value": api_key, "URL user-info password": url_pw}
         vault.secrets.kv.v2.create_or_update_secret(path=kv_path, mount_point="secret",
                                                     secret={"password": p.password, "api_token": api_token})
         try:
@@ -100,13 +104,23 @@ def test_no_secret_value_leaks_anywhere(tmp_path: Path, require: Callable[[str],
                                   capture_output=True, text=True, timeout=120, check=False)
             assert f"connector {p.connector}: unchanged" in plan.stdout, plan.stdout + plan.stderr
             inline = json.loads(p.config_path.read_text())
-            inline["connectors"][0].update(name=f"{p.connector}-inline", credentials={"mode": "inline"})
+            inline["connectors"][0].update(name=f"{p.connector}-inline", credentials={"mode": "inline"}, extra={
+                "schema.history.internal.producer.sasl.jaas.config":
+                    f'org.apache.kafka.common.security.plain.PlainLoginModule required username="cdc" '
+                    f'password="{jaas_pw}";',
+                "notification.sink.api.key": api_key,
+                "errors.deadletterqueue.context.url": f"https://cdc:{url_pw}@hooks.example/dlq",
+            })
             inline_path = tmp_path / "inline.yaml"
             inline_path.write_text(json.dumps(inline))
             plan2 = subprocess.run([sys.executable, "-m", "cdcstream.cli", "connectors", "plan", "--config",
                                     str(inline_path)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
                                    check=False)
             assert "+ database.password = ***" in plan2.stdout, plan2.stdout + plan2.stderr
+            assert "+ schema.history.internal.producer.sasl.jaas.config = ***" in plan2.stdout, plan2.stdout
+            assert "+ notification.sink.api.key = ***" in plan2.stdout, plan2.stdout
+            assert "https://cdc:***@hooks.example/dlq" in plan2.stdout, plan2.stdout
+            assert "+ key.converter = " in plan2.stdout and "***" not in plan2.stdout.split("+ key.converter = ")[1][:5]
             for out in (plan, plan2):
                 assert not hits((out.stdout + out.stderr).encode(), secrets)
 
@@ -121,9 +135,62 @@ def test_no_secret_value_leaks_anywhere(tmp_path: Path, require: Callable[[str],
             p.kill_worker()
             logs = [f for f in (ROOT / ".stack" / "logs").rglob("*") if f.is_file()]
             assert any(f.name.startswith("connect") for f in logs)
-            files = logs + [f for f in tmp_path.rglob("*") if f.is_file() and f != pw_file]
+            # Besides the provider file, the test's own inline config holds the extra properties' values.
+            files = logs + [f for f in tmp_path.rglob("*") if f.is_file() and f not in (pw_file, inline_path)]
             assert (tmp_path / "worker.log").exists()
             leaked = {str(f): hits(f.read_bytes(), secrets) for f in files}
             assert not {f: h for f, h in leaked.items() if h}, leaked
         finally:
             vault.secrets.kv.v2.delete_metadata_and_all_versions(path=kv_path, mount_point="secret")
+
+
+def test_settings_never_show_a_url_password(tmp_path: Path) -> None:
+    """`cdcstream settings` and a settings validation error: user-info passwords masked."""
+    pw = "es-" + uuid.uuid4().hex
+    env = {**os.environ, "CDCSTREAM_ELASTICSEARCH_URL": f"es://elastic:{pw}@127.0.0.1:9200",
+           "CDCSTREAM_ARCHIVE_URL": f"s3://bucket/prefix?endpoint=http://minio:{pw}@127.0.0.1:9000"}
+    shown = subprocess.run([sys.executable, "-m", "cdcstream.cli", "settings"], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert "elasticsearch_url = es://elastic:***@127.0.0.1:9200" in shown.stdout
+    assert pw not in shown.stdout + shown.stderr
+    # A rejected URL: the error names the setting, never the password.
+    env["CDCSTREAM_ELASTICSEARCH_URL"] = f"ftp://elastic:{pw}@127.0.0.1:9200"
+    bad = subprocess.run([sys.executable, "-m", "cdcstream.cli", "settings"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode != 0 and "elasticsearch_url" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
+    assert pw not in bad.stdout + bad.stderr
+
+
+def test_elasticsearch_error_reasons_lose_their_values(require: Callable[[str], dict[str, Any]]) -> None:
+    """Real refusals of the real Elasticsearch: what would reach a DLQ reason or a log line keeps
+    the field, its type and the document id, and replaces the value by its type and length."""
+    import requests
+
+    from cdcstream.core.masking import mask_text
+    from cdcstream.web.views import dlq_page
+
+    es = require("elasticsearch")["url"].rstrip("/")
+    index = f"cdcstream-test-mask-{uuid.uuid4().hex[:8]}"
+    value = "card-" + uuid.uuid4().hex
+    requests.put(f"{es}/{index}", json={"mappings": {"properties": {
+        "amount": {"type": "float"}, "at": {"type": "date"}, "n": {"type": "long"}}}}, timeout=30).raise_for_status()
+    try:
+        docs = [{"amount": value}, {"at": value + "-2024"}, {"n": "9" * 30}]
+        body = "".join(json.dumps({"index": {"_id": str(i)}}) + "\n" + json.dumps(d) + "\n" for i, d in enumerate(docs))
+        r = requests.post(f"{es}/{index}/_bulk", data=body, headers={"Content-Type": "application/x-ndjson"},
+                          timeout=30).json()
+        # The sink's own form of a refusal: "<type>: <reason>" (cdcstream/sinks/elasticsearch.py).
+        reasons = [f"{it['index']['error']['type']}: {it['index']['error']['reason']}" for it in r["items"]]
+        assert value in reasons[0] and "9" * 30 in reasons[2]  # Elasticsearch does quote the values
+        masked = [mask_text(x) for x in reasons]
+        for raw, m in zip(reasons, masked, strict=True):
+            assert value not in m and "9" * 30 not in m, m
+            assert re.search(r"<(text|number|date-like), \d+ chars>", m), m
+            assert re.search(r"failed to parse field \[\w+\] of type \[\w+\] in document with id '\d'", m), (raw, m)
+        assert "<text, 37 chars>" in masked[0]
+        # The DLQ listing masks reasons on the way out as well (records written before the masking).
+        shown, _, _ = dlq_page([{"dlq_offset": 0, "reason": f"Elasticsearch refused index of x/0: {reasons[0]}"}], 1)
+        assert value not in json.dumps(shown)
+    finally:
+        requests.delete(f"{es}/{index}", timeout=30)
