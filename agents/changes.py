@@ -60,20 +60,16 @@ def register(app: faust.App, pipe: Pipeline) -> None:
     if wait_s:
         @app.timer(max(0.5, min(5.0, wait_s / 2)))  # type: ignore[untyped-decorator]
         async def flush_idle_archive() -> None:
-            """Opt-in: store archive objects that waited ``archive_max_wait_s`` for more events.
+            """Store archive objects whose oldest event waited ``archive_max_wait_s``.
 
-            Under the batch lock, so an object's acks are never released ahead of another's.
-            The cut depends on time, not only on the records: a crash between storing and
-            committing may cut the replay differently (docs/profiles.md).
+            Under the batch lock, so acks leave in offset order. The cut is recorded before
+            the object is stored (``Pipeline.flush_archive``): a replay cuts it again at the
+            same offsets, so a time-based cut is as deterministic as a count-based one.
             """
             if pipe.processor is None or pipe.stream is None:
                 return
             async with pipe.archive_lock:
-                for obj in pipe.buffer.expire(time.monotonic(), wait_s):
-                    await pipe.processor.store(obj)
-                    tp = (obj.topic, obj.partition)
-                    pipe.checkpoint.archived(tp, obj.last_offset)
-                    await pipe.checkpoint.release(pipe.stream, [tp])
+                await pipe.flush_archive(pipe.buffer.expire(time.monotonic(), wait_s))
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
@@ -107,8 +103,8 @@ async def handle_batch(pipe: Pipeline, stream: Any, batch: list[Any]) -> None:
     checkpoint.admit(batch)
     skipped: dict[int, str] = {}
     attempts = 0
+    pipe.load_cut_plans({(e.message.topic, e.message.partition) for e in batch})
     while True:
-        assert pipe.buffer is not None
         pipe.buffer.begin()
         try:
             out, dlq = await _attempt(pipe, batch, skipped)

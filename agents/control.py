@@ -57,6 +57,13 @@ async def _leave(pipe: Pipeline, table_key: str, old: ProcessingProfile, new: Pr
     if route is None or old is new:
         return
     await pipe.ready()
+    if old.archives:
+        # Events buffered for the archive would wait for a cut that no later event of the
+        # table makes any more: cut and store the tail now, which also releases the events
+        # queued behind them.
+        topics = {t for t, tid in pipe.router.topics.items() if tid.key == table_key}
+        async with pipe.archive_lock:
+            await pipe.flush_archive(pipe.buffer.cut_topics(topics))
     if pipe.mirror is None:
         return
     drop = []

@@ -8,6 +8,10 @@
 * ``stats`` – counters per (table, source partition), a GlobalTable written with the
   key partitioner: each key has one writer (the owner of that partition) and every worker
   reads all keys, so any worker's status shows cluster-wide totals.
+* ``archive_cuts`` – per source topic-partition, the archive objects cut recently (first and
+  last offset), written and flushed to its changelog *before* each object is stored, so a
+  replay (after a crash, or on the partition's next owner) cuts the same objects; a
+  GlobalTable like ``stats``: one writer per key, readable by the next owner at once.
 * ``workers`` – heartbeat of each live worker with the profile version it has applied; the
   profile API waits on it.
 """
@@ -28,6 +32,7 @@ class Tables:
     profiles: GlobalTableT
     stats: GlobalTableT
     workers: GlobalTableT
+    archive_cuts: GlobalTableT
 
 
 # Not "memory://": yarl's URL("memory://") is falsy, and Faust then silently falls back to
@@ -48,4 +53,7 @@ def register(app: faust.App, partitions: int) -> Tables:
                             store=MEMORY, help="Counters per (table, partition)")
     workers = app.GlobalTable("workers", default=None, partitions=1, recovery_buffer_size=1, use_partitioner=True,
                               store=MEMORY, help="Live workers and the profile version each applied")
-    return Tables(rows, profiles, stats, workers)
+    archive_cuts = app.GlobalTable("archive_cuts", default=None, partitions=1, recovery_buffer_size=1,
+                                   use_partitioner=True, store=MEMORY,
+                                   help="Recent archive cuts per source topic-partition")
+    return Tables(rows, profiles, stats, workers, archive_cuts)

@@ -101,8 +101,10 @@ class Settings(BaseSettings):
     archive_secret_key: Any = Field(None, description="Secret reference of the S3 secret key.")
     archive_max_records: int = Field(5000, ge=1, description="Records per archive object (a flush boundary).")
     archive_max_bytes: int = Field(8 << 20, ge=1024, description="Uncompressed bytes per archive object.")
-    archive_max_wait_s: float | None = Field(None, description="Opt-in wall-clock flush; weakens replay "
-                                                               "determinism (see docs/profiles.md).")
+    archive_max_wait_s: float | None = Field(60.0, ge=0, description="Seconds the oldest buffered archive event "
+                                             "waits before its object is cut and stored anyway (a quiet table "
+                                             "still reaches the store); cuts are recorded first, so replays "
+                                             "cut the same objects. 0 or empty: only count/size cuts.")
 
     # --- embeddings ---------------------------------------------------------------------
     embed_url: str | None = Field("openai://127.0.0.1:8000/v1", description="openai://host:port/path (http) or "

@@ -1,5 +1,12 @@
-"""The archive buffer: change events per topic-partition, cut into objects at record-determined
-boundaries (count, bytes, event date), so a replay after a crash cuts the same objects."""
+"""The archive buffer: change events per topic-partition, cut into objects.
+
+A cut happens at a record boundary (count, bytes, event date) or when the oldest buffered
+event waited ``archive_max_wait_s`` (a quiet table still reaches the store). Every cut is
+recorded durably *before* its object is written (``runtime/context.py``, the
+``archive_cuts`` table) and handed back here as the partition's *plan* after a restart or
+a rebalance: a replay cuts exactly at the recorded offsets, whatever the clock does, so
+each change is stored once, under the same name, with the same bytes.
+"""
 
 from __future__ import annotations
 
@@ -39,6 +46,21 @@ class ArchiveBuffer:
         # whole, and its archive events must then be buffered again, not taken for re-sends.
         self._undo_seen: list[tuple[tuple[str, int], str, tuple[int, str] | None]] | None = None
         self._undo_buf: dict[tuple[str, int], _Buffer | None] = {}
+        # Per partition, cuts recorded by an earlier life: (first, last) offsets.
+        self._plan: dict[tuple[str, int], list[tuple[int, int]]] = {}
+
+    def plan(self, tp: tuple[str, int], cuts: list[tuple[int, int]]) -> None:
+        """Cuts recorded for ``tp`` (by this worker or a former owner): replays cut exactly there."""
+        self._plan[tp] = sorted(set(self._plan.get(tp, [])) | {(int(a), int(b)) for a, b in cuts})
+
+    def has_plan(self, tp: tuple[str, int]) -> bool:
+        return tp in self._plan
+
+    def _planned(self, tp: tuple[str, int], offset: int) -> tuple[int, int] | None:
+        for first, last in self._plan.get(tp, ()):
+            if first <= offset <= last:
+                return first, last
+        return None
 
     def begin(self) -> None:
         """Open an attempt: what ``add``/``duplicate`` change until ``commit`` can be undone."""
@@ -117,7 +139,14 @@ class ArchiveBuffer:
         out: list[ArchiveObject] = []
         day = self._day(ev)
         b = self._buf.get(tp)
-        if b is not None and b.lines and b.day != day:
+        planned = self._planned(tp, b.first) if b is not None and b.lines else None
+        if planned is not None:
+            # Inside a recorded cut only its end cuts; past it (the recorded last event was
+            # not buffered this time), cut before this one.
+            if ev.origin.offset > planned[1]:
+                out.append(self._cut(tp))
+                b = None
+        elif b is not None and b.lines and (b.day != day or self._planned(tp, ev.origin.offset) is not None):
             out.append(self._cut(tp))
             b = None
         if b is None:
@@ -129,7 +158,11 @@ class ArchiveBuffer:
         b.lines.append(line)
         b.size += len(line)
         b.last = ev.origin.offset
-        if len(b.lines) >= self.max_records or b.size >= self.max_bytes:
+        planned = self._planned(tp, b.first)
+        if planned is not None:
+            if b.last >= planned[1]:
+                out.append(self._cut(tp))
+        elif len(b.lines) >= self.max_records or b.size >= self.max_bytes:
             out.append(self._cut(tp))
         return out
 
@@ -141,9 +174,15 @@ class ArchiveBuffer:
         return ArchiveObject(name, body, tp[0], tp[1], b.first, b.last, len(b.lines))
 
     def expire(self, now: float, max_wait_s: float) -> list[ArchiveObject]:
-        """Opt-in wall-clock flush of buffers older than ``max_wait_s`` (weaker replay guarantee)."""
-        old = [tp for tp, b in self._buf.items() if b.lines and now - b.opened_at >= max_wait_s]
+        """Cut buffers whose oldest event waited ``max_wait_s`` (not those inside a recorded cut,
+        which end where it ends). The caller records each cut before storing it."""
+        old = [tp for tp, b in self._buf.items()
+               if b.lines and now - b.opened_at >= max_wait_s and self._planned(tp, b.first) is None]
         return [self._cut(tp) for tp in old]
+
+    def cut_topics(self, topics: set[str]) -> list[ArchiveObject]:
+        """Cut every buffer of ``topics`` now (a table leaves the archive profile)."""
+        return [self._cut(tp) for tp, b in list(self._buf.items()) if tp[0] in topics and b.lines]
 
     def drop_partitions(self, tps: set[tuple[str, int]]) -> None:
         """Forget buffers of revoked partitions: their events were never acked and will be replayed."""
@@ -153,6 +192,9 @@ class ArchiveBuffer:
         for tp in list(self._seen):
             if tp in tps:
                 del self._seen[tp]
+        for tp in list(self._plan):
+            if tp in tps:
+                del self._plan[tp]
 
     def pending(self) -> dict[tuple[str, int], int]:
         """First buffered offset per topic-partition (not yet durable)."""

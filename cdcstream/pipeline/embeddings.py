@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import openai
 from openai import AsyncOpenAI
 
+from cdcstream.sinks.base import OnWait
+
 log = logging.getLogger(__name__)
 
 # OpenAI's documented limits for /v1/embeddings.
@@ -72,8 +74,9 @@ class Embedder:
                  max_inputs: int = OPENAI_MAX_INPUTS, max_request_tokens: int = OPENAI_MAX_REQUEST_TOKENS,
                  max_input_tokens: int = OPENAI_MAX_INPUT_TOKENS, concurrency: int = 4,
                  tokens_per_minute: int | None = None, max_attempts: int | None = None,
-                 send_dimensions: bool = False) -> None:
+                 send_dimensions: bool = False, on_wait: OnWait | None = None) -> None:
         self.client = client
+        self.on_wait = on_wait
         self.model = model
         self.dimensions = dimensions
         self.max_inputs = min(max_inputs, OPENAI_MAX_INPUTS)
@@ -134,9 +137,13 @@ class Embedder:
                     # What the runbook's "Embedding 429s" check looks for in the worker log.
                     log.warning("embeddings: rate limited (HTTP 429, %d so far); retrying in %.0fs",
                                 self.stats.rate_limited, wait)
+                    if self.on_wait is not None:
+                        self.on_wait("embeddings", e, "rate limited")
                 except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError) as e:
                     wait = backoff
                     log.warning("embeddings: %s; retrying", type(e).__name__)
+                    if self.on_wait is not None:
+                        self.on_wait("embeddings", e, type(e).__name__)
                 else:
                     self.stats.requests += 1
                     self.stats.inputs += len(inputs)

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from cdcstream.core.route import Route, Router, RowState, is_stale, keep_toast, 
 from cdcstream.pipeline.archive import ArchiveBuffer
 from cdcstream.pipeline.chunking import Chunk, Chunker
 from cdcstream.pipeline.embeddings import Embedder
-from cdcstream.sinks.base import ArchiveObject, ArchiveStore, IndexOp, Mirror
+from cdcstream.sinks.base import ArchiveObject, ArchiveStore, IndexOp, Mirror, OnWait, SinkUnavailable
 from cdcstream.sinks.documents import META, field_mapping, jsonable, row_document, row_mapping
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,9 @@ def cache_key(model: str, dims: int | None, chunk_hash: str) -> str:
 class BatchProcessor:
     def __init__(self, router: Router, es: Mirror | None, archive: ArchiveStore | None,
                  embedder: Embedder | None, chunker: Chunker | None, *,
-                 archive_buffer: ArchiveBuffer | None = None, embed_dims: int | None = None) -> None:
+                 archive_buffer: ArchiveBuffer | None = None, embed_dims: int | None = None,
+                 record_cut: Callable[[ArchiveObject], Awaitable[None]] | None = None,
+                 on_wait: OnWait | None = None) -> None:
         self.router = router
         self.es = es
         self.archive = archive
@@ -78,6 +80,9 @@ class BatchProcessor:
         self.embedder = embedder
         self.chunker = chunker
         self.embed_dims = embed_dims
+        # Makes a cut durable before its object is stored, so a replay cuts the same objects.
+        self.record_cut = record_cut
+        self.on_wait = on_wait
         self._vec_lru: dict[str, list[float]] = {}
         self.archive_retries = 0
 
@@ -156,10 +161,12 @@ class BatchProcessor:
 
         if self.archive is not None:
             for obj in out.flushed:
+                if self.record_cut is not None:
+                    await self.record_cut(obj)
                 await self.store(obj)
                 crash_point("after_archive_put")
         elif out.flushed:
-            raise RuntimeError("archive profile in use but no archive store is configured (set archive_url)")
+            raise SinkUnavailable("archive", "not configured", "a table has profile archive: set archive_url")
 
         if toast_missing:
             await self._fill_toast_from_mirror(toast_missing, out)
@@ -173,7 +180,8 @@ class BatchProcessor:
             index_ops += await self._chunk_and_embed(full_rows, out)
         if index_ops:
             if self.es is None:
-                raise RuntimeError("index profiles in use but no Elasticsearch is configured (set elasticsearch_url)")
+                raise SinkUnavailable("elasticsearch", "not configured",
+                                      "a table has an indexing profile: set elasticsearch_url")
             for alias, mapping in mappings.items():
                 await self.es.ensure_index(alias, mapping)
             for ev_i, route, _ in ((events[i], r, s) for i, _, r, s in full_rows):
@@ -214,6 +222,8 @@ class BatchProcessor:
                 return
             except Exception as e:  # noqa: BLE001 - any store failure: retry, the events stay unacked
                 self.archive_retries += 1
+                if self.on_wait is not None:
+                    self.on_wait("archive", e, f"storing {obj.name}")
                 log.warning("archive: storing %s failed (%s: %s); retrying in %.1fs", obj.name,
                             type(e).__name__, str(e)[:200], backoff)
                 await asyncio.sleep(backoff)
@@ -256,7 +266,7 @@ class BatchProcessor:
     async def _chunk_and_embed(self, rows: list[tuple[int, ChangeEvent, Route, RowState | None]],
                                out: Outcome) -> list[IndexOp]:
         if self.chunker is None or self.embedder is None:
-            raise RuntimeError("profile 'full' in use but no embeddings are configured (set embed_url)")
+            raise SinkUnavailable("embeddings", "not configured", "a table has profile full: set embed_url")
         assert self.es is not None
         ops: list[IndexOp] = []
         wanted: dict[str, tuple[Chunk, ChangeEvent]] = {}  # cache key -> first chunk needing it

@@ -189,6 +189,20 @@ class Checkpoint:
         self.blocked = Blocked(sink, reason, text[:500], since, attempts, sorted(tables), tables, retry_in_s)
         return self.blocked
 
+    def waiting(self, sink: str, exc: BaseException | None, detail: str, mask: Any = None) -> None:
+        """A sink client retries a write inside a batch (5xx, 429, unreachable): shown as blocked
+        until the batch goes through."""
+        reason = classify(exc)[1] if exc is not None else detail
+        text = f"{type(exc).__name__}: {exc}" if exc is not None else detail
+        if mask is not None:
+            text = mask(text)
+        if self.blocked is None:
+            self.blocked_total += 1
+            self.blocked = Blocked(sink, reason, text[:500], int(time.time() * 1000), 1, [], {}, 0.0)
+        else:
+            b = self.blocked
+            b.sink, b.reason, b.error, b.attempts = sink, reason, text[:500], b.attempts + 1
+
     def unblock(self) -> Blocked | None:
         was, self.blocked = self.blocked, None
         return was

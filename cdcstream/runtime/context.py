@@ -8,6 +8,7 @@ import contextlib
 import os
 import socket
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import faust
@@ -17,6 +18,8 @@ from openai import AsyncOpenAI
 from cdcstream.core.config import Config, ProcessingProfile
 from cdcstream.core.counters import merge_counters
 from cdcstream.core.events import ChangeEvent
+from cdcstream.core.faults import crash_point
+from cdcstream.core.masking import mask_text
 from cdcstream.core.resolver import Resolver
 from cdcstream.core.route import Router, RowState
 from cdcstream.core.secrets import SecretRef
@@ -28,7 +31,7 @@ from cdcstream.pipeline.processor import BatchProcessor
 from cdcstream.pipeline.tokens import get_encoding
 from cdcstream.runtime.checkpoint import Checkpoint
 from cdcstream.sinks.archive import open_store
-from cdcstream.sinks.base import ArchiveStore, Mirror
+from cdcstream.sinks.base import ArchiveObject, ArchiveStore, Mirror
 from cdcstream.sinks.elasticsearch import EsMirror, client_options
 from tables import Tables
 
@@ -65,6 +68,7 @@ class Pipeline:
                                    value_serializer="json", key_serializer="raw")
         self.batches = 0
         self._own_stats: dict[str, dict[str, Any]] = {}
+        self._own_cuts: dict[str, list[tuple[int, int]]] = {}
         self.stream: Any = None
         # One batch or one idle-archive flush at a time (acks stay in offset order).
         self.archive_lock = asyncio.Lock()
@@ -90,7 +94,7 @@ class Pipeline:
                 api_key = await loop.run_in_executor(None, self.secret, s.elasticsearch_api_key)
                 self.es = AsyncElasticsearch(s.es_http_url, request_timeout=30,
                                              **client_options(user, pw, api_key, s.elasticsearch_ca))
-                self.mirror = EsMirror(self.es)
+                self.mirror = EsMirror(self.es, on_wait=self._on_wait)
             if s.archive_url:
                 ak = await loop.run_in_executor(None, self.secret, s.archive_access_key)
                 sk = await loop.run_in_executor(None, self.secret, s.archive_secret_key)
@@ -103,11 +107,15 @@ class Pipeline:
                                          max_inputs=s.embed_max_inputs,
                                          max_input_tokens=s.embed_max_input_tokens, concurrency=s.embed_concurrency,
                                          tokens_per_minute=s.embed_tokens_per_minute,
-                                         send_dimensions=s.embed_send_dimensions)
+                                         send_dimensions=s.embed_send_dimensions, on_wait=self._on_wait)
                 chunker = Chunker(get_encoding(s.chunk_encoding), s.effective_chunk_tokens, s.effective_chunk_overlap)
             self.processor = BatchProcessor(self.router, self.mirror, self.archive, self.embedder, chunker,
-                                            archive_buffer=self.buffer, embed_dims=s.embed_dimensions)
+                                            archive_buffer=self.buffer, embed_dims=s.embed_dimensions,
+                                            record_cut=self.record_cut, on_wait=self._on_wait)
             return self.processor
+
+    def _on_wait(self, sink: str, exc: BaseException | None, detail: str) -> None:
+        self.checkpoint.waiting(sink, exc, detail, mask=mask_text)
 
     async def reset_clients(self) -> None:
         """Forget the sink clients: the next batch builds them again from freshly resolved
@@ -118,6 +126,56 @@ class Pipeline:
         if es is not None:
             with contextlib.suppress(Exception):
                 await es.close()
+
+    # --- archive cuts ---------------------------------------------------------------------
+    #: Recorded cuts kept per partition: more than a partition can have stored and not yet
+    #: committed (objects are stored one after another and committed every few seconds).
+    CUTS_KEPT = 64
+
+    def recorded_cuts(self, tp: tuple[str, int]) -> list[tuple[int, int]]:
+        key = f"{tp[0]}|{tp[1]}"
+        own = self._own_cuts.get(key) or []
+        table = (self.tables.archive_cuts.get(key) or {}).get("cuts") or []
+        return sorted({(int(a), int(b)) for a, b in [*own, *table]})
+
+    async def record_cut(self, obj: ArchiveObject) -> None:
+        """Make the cut durable (changelog written and acknowledged) before its object is stored."""
+        tp = (obj.topic, obj.partition)
+        cuts = self.recorded_cuts(tp)
+        if (obj.first_offset, obj.last_offset) in cuts:
+            return  # a replay of a recorded cut
+        crash_point("before_cut_record")
+        cuts = [*cuts, (obj.first_offset, obj.last_offset)][-self.CUTS_KEPT:]
+        key = f"{obj.topic}|{obj.partition}"
+        # Like the counters: this worker is the key's only writer and keeps what it wrote
+        # (the table's local copy is updated only when the changelog record comes back).
+        self._own_cuts[key] = cuts
+        self.tables.archive_cuts[key] = {"cuts": [list(c) for c in cuts]}
+        await self.app.producer.flush()
+        self.buffer.plan(tp, cuts)
+        crash_point("after_cut_record")
+
+    def load_cut_plans(self, tps: Iterable[tuple[str, int]]) -> None:
+        """Hand the recorded cuts of newly seen partitions to the archive buffer."""
+        for tp in tps:
+            if not self.buffer.has_plan(tp):
+                self.buffer.plan(tp, self.recorded_cuts(tp))
+
+    async def flush_archive(self, objs: list[ArchiveObject]) -> None:
+        """Record, store and release cut objects outside a batch (timer, profile change);
+        the caller holds ``archive_lock``."""
+        if not objs:
+            return
+        processor = await self.ready()
+        for obj in objs:
+            await self.record_cut(obj)
+            await processor.store(obj)
+            crash_point("after_archive_put")
+            self.checkpoint.archived((obj.topic, obj.partition), obj.last_offset)
+        if self.stream is not None:
+            await self.checkpoint.release(self.stream, {(o.topic, o.partition) for o in objs})
+        self.checkpoint.unblock()
+        crash_point("after_archive_release")
 
     # --- profiles -------------------------------------------------------------------------
     def profile_of(self, ev: ChangeEvent) -> ProcessingProfile:

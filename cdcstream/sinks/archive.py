@@ -7,8 +7,8 @@ Objects are named by source topic partition and first-last source offset::
 Flush boundaries depend only on the records (count, bytes, event date), and gzip is
 written with a fixed header, so a replay after a crash rewrites byte-identical objects
 under the same names: the archive holds each change exactly once by position.
-A wall-clock flush (``max_wait_s``) is an opt-in latency setting: with it, a replay
-may cut objects at other offsets, so an event can then be in two objects.
+A wall-clock flush (``archive_max_wait_s``) cuts quiet partitions too; every cut is recorded
+before its object is written (``cdcstream/pipeline/archive.py``), so replays cut the same objects.
 """
 
 from __future__ import annotations

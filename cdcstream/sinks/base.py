@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+#: Called by a sink client each time it waits to retry a write it must not give up on:
+#: (sink, the exception or None, a short description). The runtime shows it as "blocked".
+OnWait = Callable[[str, BaseException | None, str], None]
 
 
 class SinkUnavailable(Exception):

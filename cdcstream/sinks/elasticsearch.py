@@ -19,7 +19,7 @@ from typing import Any
 
 from elasticsearch import ApiError, AsyncElasticsearch, ConnectionError, NotFoundError, TransportError
 
-from cdcstream.sinks.base import BulkResult, IndexOp, SinkUnavailable
+from cdcstream.sinks.base import BulkResult, IndexOp, OnWait, SinkUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +51,14 @@ def physical(alias: str, generation: int = 1) -> str:
 
 class EsMirror:
     def __init__(self, client: AsyncElasticsearch, *, max_backoff: float = 10.0, request_timeout: float = 30.0,
-                 retry_for: float | None = None) -> None:
+                 retry_for: float | None = None, on_wait: OnWait | None = None) -> None:
         self.es = client
         self.max_backoff = max_backoff
         self.request_timeout = request_timeout
         # How long to keep retrying a failing cluster before raising; None = forever (the agent
         # then simply stops consuming: backpressure, not memory growth).
         self.retry_for = retry_for
+        self.on_wait = on_wait
         self._known: dict[str, set[str]] = {}  # alias -> mapped top-level fields
 
     # --- indices ---------------------------------------------------------------------
@@ -141,7 +142,7 @@ class EsMirror:
                 status = getattr(getattr(e, "meta", None), "status", 0) or 0
                 if isinstance(e, ApiError) and status not in RETRYABLE:
                     raise
-                backoff = await self._wait(backoff, started, f"bulk of {len(pending)} failed: {type(e).__name__}")
+                backoff = await self._wait(backoff, started, f"bulk of {len(pending)} failed: {type(e).__name__}", e)
                 result.retries += 1
                 continue
             retry: list[IndexOp] = []
@@ -174,7 +175,9 @@ class EsMirror:
             pending = retry
         return result
 
-    async def _wait(self, backoff: float, started: float, why: str) -> float:
+    async def _wait(self, backoff: float, started: float, why: str, exc: BaseException | None = None) -> float:
+        if self.on_wait is not None:
+            self.on_wait("elasticsearch", exc, why)
         if self.retry_for is not None and time.monotonic() - started > self.retry_for:
             raise TimeoutError(f"Elasticsearch: {why}; gave up after {self.retry_for:.0f}s")
         log.warning("Elasticsearch: %s; retrying in %.1fs", why, backoff)
@@ -187,11 +190,11 @@ class EsMirror:
             try:
                 return await call()
             except (ConnectionError, TransportError) as e:
-                backoff = await self._wait(backoff, started, f"{type(e).__name__}")
+                backoff = await self._wait(backoff, started, f"{type(e).__name__}", e)
             except ApiError as e:
                 if e.meta.status not in RETRYABLE:
                     raise
-                backoff = await self._wait(backoff, started, f"HTTP {e.meta.status}")
+                backoff = await self._wait(backoff, started, f"HTTP {e.meta.status}", e)
 
     # --- reads -----------------------------------------------------------------------
     async def get_many(self, index: str, ids: Iterable[str],
