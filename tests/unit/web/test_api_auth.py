@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -142,3 +144,22 @@ def test_dlq_page_keeps_to_the_byte_budget() -> None:
     shown, nxt, truncated = dlq_page(recs[:1], end=5, budget=10)  # one record always, however big
     assert len(shown) == 1 and nxt == 1 and not truncated
     assert dlq_page([], end=7) == ([], 7, False)
+
+
+def test_docs_endpoint_table_states_the_enforced_roles() -> None:
+    """docs/api.md's endpoint table: every route, with the role ROUTES enforces."""
+    text = (Path(__file__).resolve().parents[3] / "docs" / "api.md").read_text()
+    words = {"none, ever": Access.PUBLIC, "none": Access.PUBLIC, "read": Access.READ,
+             "read or table-scoped": Access.SEARCH, "admin": Access.ADMIN}
+    seen = set()
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or cells[2] not in words or not cells[0].startswith("`"):
+            continue
+        for span in re.findall(r"`([^`]+)`", cells[0]):
+            method, _, path = span.rpartition(" ")
+            # A bare path stands for each of its methods.
+            for m in [method] if method else list(ROUTES[path]):
+                assert ROUTES[path][m] is words[cells[2]], (span, cells[2])
+                seen.add((path, m))
+    assert seen == {(p, m) for p, ms in ROUTES.items() for m in ms}
