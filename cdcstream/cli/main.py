@@ -343,7 +343,14 @@ def fields_markdown() -> str:
     from pydantic import BaseModel
     from pydantic_core import PydanticUndefined
 
-    from cdcstream.core.config import TLS, Config, ConnectorSpec, ConnectorTableConfig, DatabaseConnection
+    from cdcstream.core.config import (
+        TLS,
+        Config,
+        ConnectorSpec,
+        ConnectorTableConfig,
+        DatabaseConnection,
+        IndexSettings,
+    )
 
     def type_of(ann: Any) -> str:
         origin, args = typing.get_origin(ann), typing.get_args(ann)
@@ -400,7 +407,8 @@ def fields_markdown() -> str:
     }
     sections: list[tuple[str, type[BaseModel]]] = [
                 ("", Config), ("connectors[]", ConnectorSpec), ("connectors[].connection", DatabaseConnection),
-                ("connectors[].connection.tls", TLS), ("connectors[].tables[]", ConnectorTableConfig)]
+                ("connectors[].connection.tls", TLS), ("connectors[].tables[]", ConnectorTableConfig),
+                ("connectors[].tables[].index_settings", IndexSettings)]
     out = ["| field | type | default | meaning |", "|---|---|---|---|"]
     for where, model in sections:
         for name, f in model.model_fields.items():

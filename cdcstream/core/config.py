@@ -101,6 +101,35 @@ class DatabaseConnection(_Model):
         return self.port or (5432 if self.kind == "postgres" else 3306)
 
 
+_INTERVAL = re.compile(r"^(-1|[0-9]+(nanos|micros|ms|s|m|h|d))$")
+
+
+class IndexSettings(_Model):
+    """Settings of a table's index (and its chunks index), applied when the index is created
+    and kept when a TRUNCATE points the alias at a fresh index."""
+
+    shards: int = Field(default=1, ge=1, le=1024,
+                        description="number_of_shards; fixed once the index exists")
+    replicas: int = Field(default=0, ge=0, le=32, description="number_of_replicas")
+    refresh_interval: str | None = Field(
+        default=None, description="How soon writes become searchable, e.g. `1s`, `30s`, `-1` (off); "
+                                  "default: Elasticsearch's (1s)")
+
+    @field_validator("refresh_interval")
+    @classmethod
+    def _interval(cls, v: str | None) -> str | None:
+        if v is not None and not _INTERVAL.match(v):
+            raise ValueError(f"refresh_interval {v!r}: a number with a unit (ms, s, m, h, d), or -1 for off")
+        return v
+
+    def es(self) -> dict[str, Any]:
+        """The Elasticsearch index settings."""
+        out: dict[str, Any] = {"number_of_shards": self.shards, "number_of_replicas": self.replicas}
+        if self.refresh_interval is not None:
+            out["refresh_interval"] = self.refresh_interval
+        return out
+
+
 class ConnectorTableConfig(_Model):
     """One captured table and what to do with its rows."""
 
@@ -114,6 +143,9 @@ class ConnectorTableConfig(_Model):
         default=None, description="Target index (alias) name; default <connector>-<schema>-<table> (lowercase, "
                                   "`_` as `-`); two tables never share one (refused when the config loads)"
     )
+    index_settings: IndexSettings = Field(
+        default_factory=IndexSettings, description="Shards, replicas and refresh interval of the table's index "
+                                                   "and chunks index")
 
     @field_validator("name")
     @classmethod

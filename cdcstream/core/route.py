@@ -73,6 +73,11 @@ class Route:
     def chunks_alias(self) -> str:
         return f"{self.alias}-chunks"
 
+    @property
+    def index_settings(self) -> dict[str, Any]:
+        """Elasticsearch settings of the table's indices (row and chunks), from the config."""
+        return self.table.index_settings.es()
+
 
 class Router:
     def __init__(self, config: Config) -> None:
@@ -85,6 +90,13 @@ class Router:
 
     def route(self, table: TableId) -> Route | None:
         return self.by_key.get(table.key)
+
+    def index_settings(self, alias: str) -> dict[str, Any] | None:
+        """The settings of the table whose row or chunks index ``alias`` is (None: not a table's)."""
+        for r in self.by_key.values():
+            if alias in (r.alias, r.chunks_alias):
+                return r.index_settings
+        return None
 
     def default_profile(self, table: TableId) -> ProcessingProfile:
         r = self.by_key.get(table.key)

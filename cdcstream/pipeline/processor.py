@@ -183,10 +183,10 @@ class BatchProcessor:
                 raise SinkUnavailable("elasticsearch", "not configured",
                                       "a table has an indexing profile: set elasticsearch_url")
             for alias, mapping in mappings.items():
-                await self.es.ensure_index(alias, mapping)
+                await self.es.ensure_index(alias, mapping, self.router.index_settings(alias))
             for ev_i, route, _ in ((events[i], r, s) for i, _, r, s in full_rows):
                 assert ev_i is not None
-                await self.es.ensure_index(route.chunks_alias, self._chunk_mapping(ev_i, route))
+                await self.es.ensure_index(route.chunks_alias, self._chunk_mapping(ev_i, route), route.index_settings)
             res = await self.es.apply(index_ops)
             crash_point("after_bulk")
             failed_events: set[int] = set()

@@ -45,6 +45,16 @@ def _error_type(e: ApiError) -> str:
     return str(err.get("type", e.meta.status)) if isinstance(err, dict) else str(e.meta.status)
 
 
+#: The index settings a truncate carries over to the fresh index (the table's index_settings).
+KEPT_SETTINGS = ("number_of_shards", "number_of_replicas", "refresh_interval")
+
+
+def kept_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The table's own settings (``KEPT_SETTINGS``) out of an index's ``_settings`` answer."""
+    index = settings.get("index", {})
+    return {k: index[k] for k in KEPT_SETTINGS if k in index}
+
+
 def physical(alias: str, generation: int = 1) -> str:
     return f"{alias}-{generation:06d}"
 
@@ -109,7 +119,9 @@ class EsMirror:
         if not await self._retrying(lambda: self.es.indices.exists_alias(name=alias)):
             return False
         mapping = await self._retrying(lambda: self.es.indices.get_mapping(index=alias))
-        await self.swap(alias, next(iter(mapping.body.values()))["mappings"])
+        current = await self._retrying(lambda: self.es.indices.get_settings(index=alias))
+        await self.swap(alias, next(iter(mapping.body.values()))["mappings"],
+                        kept_settings(next(iter(current.body.values()))["settings"]))
         return True
 
     async def drop(self, alias: str) -> bool:
