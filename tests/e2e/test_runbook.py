@@ -398,26 +398,95 @@ def chunk_parents(p: Pipeline) -> set[str]:
     return {str(c["parent_id"]) for c in p.docs("articles", chunks=True).values()}
 
 
+def blocked_on(p: Pipeline, check: str, env: dict[str, str], tmp: Path, sink: str) -> dict[str, Any] | None:
+    """The documented check's ``blocked`` entry for ``sink``, if the worker is blocked on it."""
+    for b in json.loads(run(check, env, tmp)).get("blocked") or []:
+        if b["sink"] == sink:
+            return dict(b)
+    return None
+
+
+def test_sink_blocked(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> None:
+    """Issue 16: a config problem is not the events' fault: nothing goes to the DLQ, the worker
+    waits and says why, and resumes once fixed (before: both articles were dead-lettered)."""
+    entry = "Sink blocked"
+    check = doc_command(entry, "Check", "curl -s $W/api/tables")
+    with runbook_pipeline(tmp_path, require, ARTICLE_TABLES) as p:
+        tag = p.tag
+        p.sql("INSERT INTO articles (id, title, body) VALUES (1, %s, %s)",
+              (f"Slots {tag}", f"Run {tag}: a replication slot keeps WAL until its consumer confirms it."))
+        p.sql("INSERT INTO orders (id, customer, amount) VALUES (1, 'acme', 19.99)")
+        # Cause: a full-profile table on a worker without embeddings.
+        p.env.update({"CDCSTREAM_EMBED_URL": "", "CDCSTREAM_API_TOKEN": "env:RUNBOOK_API_TOKEN",
+                      "RUNBOOK_API_TOKEN": TOKEN})
+        p.apply()
+        start_worker(p)
+        env = worker_env(p)
+        p.wait("the worker API", lambda: isinstance(p.api("/api/tables")["tables"], list), timeout=180,
+               retry_on=JSON_NOT_YET)
+        p.wait("blocked on embeddings", lambda: blocked_on(p, check, env, tmp_path, "embeddings"),
+               timeout=240, retry_on=JSON_NOT_YET)
+        b = blocked_on(p, check, env, tmp_path, "embeddings")
+        assert b is not None and b["reason"] == "not configured" and "embed_url" in b["error"], b
+        assert f"{p.connector}/{p.db}/public/articles" in b["tables"] or any("articles" in t for t in b["tables"])
+        metrics = requests.get(f"{env['W']}/metrics", timeout=10).text
+        assert 'cdcstream_sink_blocked{sink="embeddings",reason="not configured"} 1' in metrics
+        assert "blocked (embeddings: not configured)" in p.worker_log()
+        dlq = json.loads(run('curl -s "$W/api/dlq?limit=20"', env, tmp_path))
+        assert dlq["records"] == [], dlq  # nothing is the events' fault
+        # Fix, as printed for `not configured`: set it and restart the worker.
+        doc_text(entry, "Fix")  # the entry exists with its fixes
+        restart_worker(p, CDCSTREAM_EMBED_URL=p.embed["base_url"].replace("http://", "openai://"))
+        env = worker_env(p)
+        p.wait("the article embedded and the order indexed",
+               lambda: chunk_parents(p) == {"1"} and set(p.docs("orders")) == {"1"}, timeout=240)
+        p.wait("unblocked", lambda: blocked_on(p, check, env, tmp_path, "embeddings") is None,
+               retry_on=JSON_NOT_YET)
+        assert json.loads(run('curl -s "$W/api/dlq?limit=20"', env, tmp_path))["records"] == []
+
+
 def test_dlq_growing(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> None:
     entry = "DLQ growing"
     check = doc_command(entry, "Check", 'curl -s "$W/api/dlq')
     check_tables = doc_command(entry, "Check", "curl -s $W/api/tables")
     replay = doc_command(entry, "Fix", 'curl -s -X POST -H "$AUTH" $W/api/dlq/replay')
+    skip = doc_command("Sink blocked", "Fix", "cdcstream dlq skip")
+    blocked_check = doc_command("Sink blocked", "Check", "curl -s $W/api/tables")
     with runbook_pipeline(tmp_path, require, ARTICLE_TABLES) as p:
         tag = p.tag
         p.sql("INSERT INTO articles (id, title, body) VALUES (1, %s, %s), (2, %s, %s)",
               (f"Slots {tag}", f"Run {tag}: a replication slot keeps WAL until its consumer confirms it.",
                f"Pasta {tag}", f"Run {tag}: boil water, add salt, cook the noodles for ten minutes."))
-        p.sql("INSERT INTO orders (id, customer, amount) VALUES (1, 'acme', 19.99)")
-        # Cause 1 (config): a full-profile table on a worker without embeddings.
+        # Cause 1 (operator): the worker blocks on the articles (no embeddings configured) and an
+        # operator decides they are at fault after all: `dlq skip` moves them to the DLQ.
         p.env.update({"CDCSTREAM_EMBED_URL": "", "CDCSTREAM_API_TOKEN": "env:RUNBOOK_API_TOKEN",
                       "RUNBOOK_API_TOKEN": TOKEN})
         p.apply()
         start_worker(p)
+        env = worker_env(p)
+        p.wait("the worker API", lambda: isinstance(p.api("/api/tables")["tables"], list), timeout=180,
+               retry_on=JSON_NOT_YET)
+        table = f"{p.connector}.public.articles"
+        skipped: list[int] = []
+        for n in (1, 2):
+            def waiting_on_next(skipped: list[int] = skipped) -> bool:
+                b = blocked_on(p, blocked_check, env, tmp_path, "embeddings")
+                pos = next((v for k, v in (b or {}).get("positions", {}).items() if k.endswith("articles")), None)
+                return pos is not None and pos["offset"] not in skipped
+
+            p.wait(f"blocked on article {n}", waiting_on_next, timeout=240, retry_on=JSON_NOT_YET)
+            b = blocked_on(p, blocked_check, env, tmp_path, "embeddings")
+            assert b is not None
+            skipped += [v["offset"] for k, v in b["positions"].items() if k.endswith("articles")]
+            out = run(skip, env, tmp_path, TABLE=table)
+            assert "it goes to the DLQ" in out, out
+        # The batch goes through once nothing in it blocks: both skipped records are then written.
+        p.wait("2 skipped", lambda: len(json.loads(run(check, env, tmp_path))["records"]) == 2,
+               retry_on=JSON_NOT_YET)
+        p.sql("INSERT INTO orders (id, customer, amount) VALUES (1, 'acme', 19.99)")
         p.wait("the order indexed", lambda: set(p.docs("orders")) == {"1"}, timeout=240)
         # Cause 2 (poison): bytes that are no Debezium record, written to a captured topic.
         asyncio.run(_produce(p.topic("orders"), b'{"id": 99}', b"{this is not a change event"))
-        env = worker_env(p)
 
         def dlq() -> dict[str, Any]:
             return dict(json.loads(run(check, env, tmp_path)))
@@ -425,21 +494,23 @@ def test_dlq_growing(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -
         p.wait("three dead letters", lambda: len(dlq()["records"]) == 3, retry_on=JSON_NOT_YET)
         # The check, as printed, shows each record with its reason and origin.
         records = dlq()["records"]
-        config = [r for r in records if r["topic"] == p.topic("articles")]
+        operator = [r for r in records if r["topic"] == p.topic("articles")]
         poison = [r for r in records if r["topic"] == p.topic("orders")]
-        assert len(config) == 2 and len(poison) == 1, records
-        for r in config:
-            assert "no embeddings are configured (set embed_url)" in r["reason"], r
-            assert r["reason"].startswith("process: ") and isinstance(r["offset"], int)
+        assert len(operator) == 2 and len(poison) == 1, records
+        for r in operator:
+            assert r["reason"].startswith("skipped by operator: ") and "not configured" in r["reason"], r
+            assert isinstance(r["offset"], int)
         assert poison[0]["reason"].startswith("decode: ") and poison[0]["value"] == "{this is not a change event"
         tables = {t["name"].rsplit(".", 1)[-1]: t for t in json.loads(run(check_tables, env, tmp_path))["tables"]}
         assert tables["articles"]["dlq"] == 2 and tables["orders"]["dlq"] == 1
         assert set(p.docs("orders")) == {"1"}  # the stream went on past the dead letters
-        # Fix, as printed for `process:` reasons: set embed_url, restart the worker, replay those records.
+        # Fix, as printed for `skipped by operator:` reasons: fix the cause (embed_url, restart),
+        # replay those records.
         restart_worker(p, CDCSTREAM_EMBED_URL=p.embed["base_url"].replace("http://", "openai://"))
         env = worker_env(p)
-        out = run(replay, env, tmp_path, DLQ_OFFSETS=", ".join(str(r["dlq_offset"]) for r in config))
-        assert sorted(x["dlq_offset"] for x in json.loads(out)["replayed"]) == sorted(r["dlq_offset"] for r in config)
+        out = run(replay, env, tmp_path, DLQ_OFFSETS=", ".join(str(r["dlq_offset"]) for r in operator))
+        assert sorted(x["dlq_offset"] for x in json.loads(out)["replayed"]) == sorted(
+            r["dlq_offset"] for r in operator)
         p.wait("the replayed articles embedded and indexed",
                lambda: chunk_parents(p) == {"1", "2"} and set(p.docs("articles")) == {"1", "2"}, timeout=240)
         # Cleared: new changes of the table flow, and the DLQ stops growing.

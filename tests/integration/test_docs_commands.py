@@ -64,6 +64,8 @@ COVERED: dict[tuple[str, ...], tuple[str, ...]] = {
     ("profiles", "show"): ("tests/e2e/test_api.py",),
     ("profiles", "set"): (),  # its endpoint is tested (tests/e2e/test_api.py), the CLI command parsed only
     ("search",): ("tests/e2e/test_api.py",),
+    ("dlq",): ("tests/e2e/test_runbook.py",),  # the group named in prose
+    ("dlq", "skip"): ("tests/e2e/test_runbook.py",),
     ("credentials", "status"): ("tests/e2e/test_vault_credentials.py", "tests/e2e/test_runbook.py", "here"),
     ("credentials", "rotate"): ("tests/e2e/test_vault_credentials.py", "tests/e2e/test_runbook.py"),
     ("credentials", "rotate-loop"): ("tests/e2e/test_vault_credentials.py",),
