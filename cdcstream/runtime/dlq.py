@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import AsyncIterator
 from typing import Any
 
 REPLAY_HEADER = "cdcstream-replayed-from-dlq-offset"
@@ -84,6 +85,21 @@ async def read(bootstrap: str, topic: str, *, limit: int = 100, from_offset: int
         return out, first, end
     finally:
         await consumer.stop()
+
+
+async def read_all(bootstrap: str, topic: str, page_size: int = MAX_LIMIT) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every record of the DLQ, oldest first, a page at a time, up to the end offset seen at the
+    start: records dead-lettered again while the caller works through the pages (a replay) are
+    not read again. (Fix: "replay all" read only the oldest 1,000 records and said nothing.)"""
+    cursor, stop = 0, None
+    while stop is None or cursor < stop:
+        records, first, end = await read(bootstrap, topic, limit=page_size, from_offset=cursor)
+        stop = end if stop is None else stop
+        records = [r for r in records if r["dlq_offset"] < stop]
+        if not records:
+            return
+        yield records
+        cursor = max(first, records[-1]["dlq_offset"] + 1)
 
 
 async def _exists(consumer: Any, topic: str) -> bool:

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qs
 
@@ -572,15 +573,34 @@ async def replay(pipe: Pipeline, offsets: set[int] | None) -> dict[str, Any]:
     from cdcstream.runtime import dlq
 
     topic = pipe.dlq_topic.get_topic_name()
+
+    async def pages() -> AsyncIterator[list[dict[str, Any]]]:
+        if offsets:
+            yield (await dlq.read(pipe.settings.kafka_bootstrap, topic, offsets=offsets, limit=dlq.MAX_LIMIT))[0]
+        else:
+            async for page in dlq.read_all(pipe.settings.kafka_bootstrap, topic):
+                yield page
+
+    replayed: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    found: set[int] = set()
     try:
-        records, _, _ = await dlq.read(pipe.settings.kafka_bootstrap, topic, offsets=offsets,
-                                       limit=dlq.MAX_LIMIT, from_offset=None if offsets else 0)
+        async for page in pages():
+            found |= {r["dlq_offset"] for r in page}
+            await _replay_page(pipe, page, replayed, skipped)
+    except HttpError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise HttpError(502, f"cannot read the DLQ: {type(e).__name__}") from None
-    replayed, skipped = [], []
-    found = {r["dlq_offset"] for r in records}
     for off in sorted((offsets or set()) - found):
         skipped.append({"dlq_offset": off, "reason": "no such DLQ record"})
+    return {"replayed": replayed, "skipped": skipped}
+
+
+async def _replay_page(pipe: Pipeline, records: list[dict[str, Any]], replayed: list[dict[str, Any]],
+                       skipped: list[dict[str, Any]]) -> None:
+    from cdcstream.runtime import dlq
+
     producer = pipe.app.producer
     for r in records:
         off, src, part = r["dlq_offset"], r.get("topic"), r.get("partition")
@@ -600,7 +620,6 @@ async def replay(pipe: Pipeline, offsets: set[int] | None) -> dict[str, Any]:
             skipped.append({"dlq_offset": off, "reason": f"send failed: {type(e).__name__}"})
             continue
         replayed.append({"dlq_offset": off, "topic": src, "partition": part, "offset": md.offset})
-    return {"replayed": replayed, "skipped": skipped}
 
 
 async def search(pipe: Pipeline, params: list[tuple[str, str]], who: Principal = ANONYMOUS,
