@@ -140,3 +140,33 @@ def test_hard_values_are_mirrored_and_verify_clean(tmp_path: Path, require: Call
             rc, rep, err = verify(p, f"public.{t}")
             assert rc == 0 and rep["drift"] == [] and rep["source_rows"] == rep["mirror_rows"], (t, rep, err)
         assert dlq_records(p) == 0
+
+
+def test_existing_connector_switches_to_string_decimals_without_a_gap(tmp_path: Path,
+                                                                      require: Callable[[str], dict[str, Any]]) -> None:
+    """An existing PostgreSQL connector (decimal.handling.mode=precise, as before) picks up string mode on
+    its next apply: rows before and after keep the same exact text and mapping; NaN arrives after."""
+    for svc in ("kafka", "connect"):
+        require(svc)
+    tables = [{"name": "public.orders", "profile": "index_only"}]
+    with pipeline(tmp_path, require("postgres"), require("elasticsearch"), require("embeddings"), tables) as p:
+        cfg = json.loads(p.config_path.read_text())
+        cfg["connectors"][0].update({"extra": {"decimal.handling.mode": "precise"}, "override_owned": True})
+        p.config_path.write_text(json.dumps(cfg))
+        p.sql("INSERT INTO orders VALUES (1, 'a', 19.90, 'new', now()), (2, 'b', 0.01, 'new', now())")
+        p.apply()
+        p.start_worker()
+        p.wait("snapshot in precise mode", lambda: len(p.docs("orders")) == 2)
+        mapping = p.es("GET", f"/{p.alias('orders')}/_mapping")
+        del cfg["connectors"][0]["extra"], cfg["connectors"][0]["override_owned"]
+        p.config_path.write_text(json.dumps(cfg))
+        assert any("updated" in a or "update" in a for a in p.apply())
+        p.sql("UPDATE orders SET amount = 'NaN' WHERE id = 2")
+        p.sql("INSERT INTO orders VALUES (3, 'c', 12.30, 'new', now())")
+        p.wait("changes in string mode", lambda: p.docs("orders").get("2", {}).get("amount") == "NaN"
+               and p.docs("orders").get("3", {}).get("amount") == "12.30", timeout=180)
+        assert p.docs("orders")["1"]["amount"] == "19.90"
+        assert p.es("GET", f"/{p.alias('orders')}/_mapping") == mapping  # no mapping change
+        rc, rep, err = verify(p, "public.orders")
+        assert rc == 0 and rep["drift"] == [], (rep, err)
+        assert dlq_records(p) == 0
