@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from cdcstream.core.config import ConnectorSpec, ProcessingProfile
 from cdcstream.core.counters import OPS
+from cdcstream.core.masking import mask_text
 from cdcstream.core.route import Route, Router
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ def connector_status(pipe: Pipeline, spec: ConnectorSpec) -> dict[str, Any]:
         st = client.status(spec.name)
     except ConnectError as e:
         out["state"] = "NOT_CREATED" if e.status == 404 else "UNREACHABLE"
-        out["error"] = None if e.status == 404 else str(e)[:500]
+        out["error"] = None if e.status == 404 else mask_text(str(e))[:500]
     else:
         out["state"], out["worker"] = st.state, st.worker
         out["tasks"] = [{"id": int(t.get("id", 0)), "state": t.get("state", "UNKNOWN"),
@@ -124,7 +125,8 @@ def connector_status(pipe: Pipeline, spec: ConnectorSpec) -> dict[str, Any]:
         trace = st.trace or next((t.get("trace") for t in st.tasks if t.get("trace")), None)
         if trace:
             # The first line names the exception; the rest is a Java stack nobody reads on a page.
-            out["error"] = trace.strip().splitlines()[0][:500]
+            # Masked: a JDBC or driver message may quote a URL with its password, or a config.
+            out["error"] = mask_text(trace.strip().splitlines()[0])[:500]
     if spec.connection.kind == "postgres":
         out["slot"] = _slot(pipe, spec)
     return out
@@ -137,7 +139,7 @@ def _slot(pipe: Pipeline, spec: ConnectorSpec) -> dict[str, Any] | None:
     try:
         return pg_slot(spec, resolve_credentials(spec, pipe.resolver))
     except Exception as e:  # noqa: BLE001 - a status page shows a failing source, it does not fail
-        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
+        return {"error": f"{type(e).__name__}: {mask_text(str(e).splitlines()[0])[:300] if str(e) else ''}"}
 
 
 async def connectors(pipe: Pipeline, cache: TTLCache) -> list[dict[str, Any]]:
