@@ -182,8 +182,6 @@ async def _attempt(pipe: Pipeline, batch: list[Any], skipped: dict[int, str]) ->
             raise
     out = await processor.process(decoded, pipe.profile_of, pipe.get_state)
     dlq += out.dlq
-    for alias in out.truncated:
-        await truncate(pipe, alias)
     for i, reason in dlq:
         await send_dlq(pipe, batch[i], reason)
     return out, dlq
@@ -210,14 +208,6 @@ def apply_outcome(pipe: Pipeline, stream: Any, batch: list[Any], out: Outcome) -
         stream._set_current_event(batch[i])
         pipe.tables.rows[rk] = state.dump()
     pipe.record_stats(stream, batch, out)
-
-
-async def truncate(pipe: Pipeline, alias: str) -> None:
-    """TRUNCATE: point the table's aliases at fresh empty indices (no delete_by_query here)."""
-    assert pipe.mirror is not None
-    for a in (alias, f"{alias}-chunks"):
-        if await pipe.mirror.truncate(a):
-            log.warning("truncate: %s now points at an empty index", a)
 
 
 def dumps(v: Any) -> str:

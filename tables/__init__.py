@@ -12,6 +12,8 @@
   last offset), written and flushed to its changelog *before* each object is stored, so a
   replay (after a crash, or on the partition's next owner) cuts the same objects; a
   GlobalTable like ``stats``: one writer per key, readable by the next owner at once.
+* ``truncations`` – per table, the version (source position) of the newest TRUNCATE applied:
+  changes older than it are stale on every worker (a row that reached another partition late).
 * ``workers`` – heartbeat of each live worker with the profile version it has applied; the
   profile API waits on it.
 """
@@ -33,6 +35,7 @@ class Tables:
     stats: GlobalTableT
     workers: GlobalTableT
     archive_cuts: GlobalTableT
+    truncations: GlobalTableT
 
 
 # Not "memory://": yarl's URL("memory://") is falsy, and Faust then silently falls back to
@@ -56,4 +59,7 @@ def register(app: faust.App, partitions: int) -> Tables:
     archive_cuts = app.GlobalTable("archive_cuts", default=None, partitions=1, recovery_buffer_size=1,
                                    use_partitioner=True, store=MEMORY,
                                    help="Recent archive cuts per source topic-partition")
-    return Tables(rows, profiles, stats, workers, archive_cuts)
+    truncations = app.GlobalTable("truncations", default=None, partitions=1, recovery_buffer_size=1,
+                                  use_partitioner=True, store=MEMORY,
+                                  help="Per table, the version of the newest TRUNCATE applied")
+    return Tables(rows, profiles, stats, workers, archive_cuts, truncations)

@@ -53,7 +53,8 @@ class Outcome:
     held: list[int] = field(default_factory=list)
     # Archive objects written in this batch: (topic, partition, last offset) each.
     flushed: list[ArchiveObject] = field(default_factory=list)
-    truncated: list[str] = field(default_factory=list)
+    # TRUNCATEs applied in this batch: (table key, version).
+    truncated: list[tuple[str, int]] = field(default_factory=list)
     last_event_ms: dict[tuple[str, int], int] = field(default_factory=dict)
     # (table key, partition) -> {"started_ms"/"finished_ms": ts} from source.snapshot markers.
     snapshot: dict[tuple[str, int], dict[str, int]] = field(default_factory=dict)
@@ -72,7 +73,9 @@ class BatchProcessor:
                  embedder: Embedder | None, chunker: Chunker | None, *,
                  archive_buffer: ArchiveBuffer | None = None, embed_dims: int | None = None,
                  record_cut: Callable[[ArchiveObject], Awaitable[None]] | None = None,
-                 on_wait: OnWait | None = None) -> None:
+                 on_wait: OnWait | None = None,
+                 truncated_at: Callable[[str], int] | None = None,
+                 record_truncation: Callable[[str, int], Awaitable[None]] | None = None) -> None:
         self.router = router
         self.es = es
         self.archive = archive
@@ -83,6 +86,9 @@ class BatchProcessor:
         # Makes a cut durable before its object is stored, so a replay cuts the same objects.
         self.record_cut = record_cut
         self.on_wait = on_wait
+        # The newest TRUNCATE applied per table (its version), and how to record one durably.
+        self.truncated_at: Callable[[str], int] = truncated_at or (lambda _key: 0)
+        self.record_truncation = record_truncation
         self._vec_lru: dict[str, list[float]] = {}
         self.archive_retries = 0
 
@@ -97,6 +103,7 @@ class BatchProcessor:
         toast_missing: list[tuple[int, ChangeEvent, Route, RowState | None, list[IndexOp]]] = []
         mappings: dict[str, dict[str, Any]] = {}
         seen: dict[str, RowState | None] = {}
+        truncates: list[tuple[int, ChangeEvent, Route]] = []
 
         def state_of(rk: str) -> RowState | None:
             if rk in seen:
@@ -125,11 +132,13 @@ class BatchProcessor:
                 out.held.append(i)
                 continue
             if ev.op is Op.TRUNCATE:
-                out.truncated.append(route.alias)
+                truncates.append((i, ev, route))
                 continue
             rk = row_key(ev.table, ev.doc_id)
             state = state_of(rk)
-            if is_stale(ev, state, now_ms):
+            # A change older than a TRUNCATE already applied (a row that reached another
+            # partition late) is stale: the truncate removed it.
+            if is_stale(ev, state, now_ms) or ev.position.version < self.truncated_at(ev.table.key):
                 out.count(ev, "stale")
                 continue
             new_state = RowState(version=ev.position.version)
@@ -205,7 +214,28 @@ class BatchProcessor:
             if res.conflicts:
                 first = next(e for e in events if e is not None)
                 out.count(first, "version_conflicts", res.conflicts)
+        if truncates:
+            await self._truncate(truncates, out)
         return out
+
+    async def _truncate(self, truncates: list[tuple[int, ChangeEvent, Route]], out: Outcome) -> None:
+        """TRUNCATE as a barrier by version: the table's watermark is recorded first (every
+        worker then treats older changes as stale), then every document older than it is
+        deleted. Changes after the truncate, in this batch or on other partitions, carry newer
+        versions and stay; a replayed truncate deletes nothing more."""
+        if self.es is None:
+            raise SinkUnavailable("elasticsearch", "not configured",
+                                  "a table has an indexing profile: set elasticsearch_url")
+        for _i, ev, route in truncates:
+            version = ev.position.version
+            if self.record_truncation is not None:
+                await self.record_truncation(ev.table.key, version)
+            n = await self.es.delete_older_than(route.alias, version)
+            n += await self.es.delete_older_than(route.chunks_alias, version)
+            crash_point("after_truncate")
+            out.truncated.append((ev.table.key, version))
+            out.count(ev, "truncated_docs", n)
+            log.warning("truncate of %s at %s: %d documents older than it deleted", ev.table, ev.position.text, n)
 
     # ------------------------------------------------------------------------------------
     async def store(self, obj: ArchiveObject) -> None:

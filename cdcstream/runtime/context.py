@@ -69,6 +69,7 @@ class Pipeline:
         self.batches = 0
         self._own_stats: dict[str, dict[str, Any]] = {}
         self._own_cuts: dict[str, list[tuple[int, int]]] = {}
+        self._own_truncations: dict[str, int] = {}
         self.stream: Any = None
         # One batch or one idle-archive flush at a time (acks stay in offset order).
         self.archive_lock = asyncio.Lock()
@@ -111,7 +112,9 @@ class Pipeline:
                 chunker = Chunker(get_encoding(s.chunk_encoding), s.effective_chunk_tokens, s.effective_chunk_overlap)
             self.processor = BatchProcessor(self.router, self.mirror, self.archive, self.embedder, chunker,
                                             archive_buffer=self.buffer, embed_dims=s.embed_dimensions,
-                                            record_cut=self.record_cut, on_wait=self._on_wait)
+                                            record_cut=self.record_cut, on_wait=self._on_wait,
+                                            truncated_at=self.truncated_at,
+                                            record_truncation=self.record_truncation)
             return self.processor
 
     def _on_wait(self, sink: str, exc: BaseException | None, detail: str) -> None:
@@ -160,6 +163,20 @@ class Pipeline:
         for tp in tps:
             if not self.buffer.has_plan(tp):
                 self.buffer.plan(tp, self.recorded_cuts(tp))
+
+    # --- truncations ------------------------------------------------------------------------
+    def truncated_at(self, table_key: str) -> int:
+        own = self._own_truncations.get(table_key, 0)
+        rec = self.tables.truncations.get(table_key) or {}
+        return max(own, int(rec.get("version", 0)))
+
+    async def record_truncation(self, table_key: str, version: int) -> None:
+        """Durable before any document is deleted: a replay or another worker sees it."""
+        if self.truncated_at(table_key) >= version:
+            return
+        self._own_truncations[table_key] = version
+        self.tables.truncations[table_key] = {"version": version, "at_ms": int(time.time() * 1000)}
+        await self.app.producer.flush()
 
     async def flush_archive(self, objs: list[ArchiveObject]) -> None:
         """Record, store and release cut objects outside a batch (timer, profile change);

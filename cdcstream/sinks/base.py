@@ -88,8 +88,10 @@ class Mirror(Protocol):
                        source: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """The documents of ``ids`` that exist (``source`` limits the fields)."""
 
-    async def truncate(self, alias: str) -> bool:
-        """Point ``alias`` at a fresh, empty index with the same mapping; False if it has no index."""
+    async def delete_older_than(self, alias: str, version: int) -> int:
+        """TRUNCATE at ``version``: delete every document of ``alias`` older than it (newer ones,
+        written by changes after the truncate, stay). Idempotent, so a replayed truncate is a
+        no-op; returns how many documents it deleted."""
 
     async def drop(self, alias: str) -> bool:
         """Delete every index behind ``alias``; False if there was none."""

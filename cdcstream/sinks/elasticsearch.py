@@ -11,6 +11,7 @@ delete_by_query, reindex or scripts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -115,14 +116,34 @@ class EsMirror:
         self._known[alias] = set(mapping.get("properties", {}))
         return new
 
-    async def truncate(self, alias: str) -> bool:
+    async def delete_older_than(self, alias: str, version: int) -> int:
+        # A delete with the truncate's own external version removes exactly the documents older
+        # than it; a newer one answers 409 and stays. No delete_by_query on the minimal node:
+        # scroll the ids, bulk the deletes.
         if not await self._retrying(lambda: self.es.indices.exists_alias(name=alias)):
-            return False
-        mapping = await self._retrying(lambda: self.es.indices.get_mapping(index=alias))
-        current = await self._retrying(lambda: self.es.indices.get_settings(index=alias))
-        await self.swap(alias, next(iter(mapping.body.values()))["mappings"],
-                        kept_settings(next(iter(current.body.values()))["settings"]))
-        return True
+            return 0
+        await self._retrying(lambda: self.es.indices.refresh(index=alias))
+        deleted = 0
+        resp = await self._retrying(lambda: self.es.search(index=alias, scroll="2m", size=2000, sort=["_doc"],
+                                                           source=False))
+        sid = resp.get("_scroll_id")
+        try:
+            while True:
+                hits = resp["hits"]["hits"]
+                if not hits:
+                    break
+                ops = [IndexOp("delete", alias, h["_id"], version) for h in hits]
+                res = await self.apply(ops)
+                if res.failed:
+                    raise SinkUnavailable("elasticsearch", "truncate refused", f"{alias}: {res.failed[0][1][:200]}")
+                deleted += res.deleted
+                resp = await self._retrying(lambda sid=sid: self.es.scroll(scroll_id=sid, scroll="2m"))
+                sid = resp.get("_scroll_id", sid)
+        finally:
+            if sid:
+                with contextlib.suppress(Exception):
+                    await self.es.clear_scroll(scroll_id=sid)
+        return deleted
 
     async def drop(self, alias: str) -> bool:
         if not await self._retrying(lambda: self.es.indices.exists_alias(name=alias)):

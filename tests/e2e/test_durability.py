@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -237,3 +238,41 @@ def test_embeddings_401_blocks_then_resumes_by_itself_with_an_empty_dlq(
         rc, out, err = _verify(p, "public.articles")
         assert rc == 0, (out, err)
         assert dlq_records(p) == 0
+
+
+def test_truncate_and_inserts_in_one_transaction_with_a_kill_after_the_truncate(
+        tmp_path: Path, stack: Callable[[str], dict[str, Any]]) -> None:
+    """Issue 16 path 6 and test 7: `TRUNCATE; INSERT 200 rows` in one transaction over 4
+    partitions, kill -9 right after the truncate was applied: `verify --full` clean. Before, the
+    truncate swapped in an empty index after the batch's writes (and its replay emptied the index
+    again), while inserts on other partitions could already be indexed."""
+    tables = [{"name": "public.orders", "profile": "index_only"}]
+    with pipeline(tmp_path, stack("postgres"), stack("elasticsearch"), stack("embeddings"), tables) as p:
+        cfg = json.loads(p.config_path.read_text())
+        cfg["connectors"][0]["partitions"] = 4
+        p.config_path.write_text(json.dumps(cfg))
+        p.env["CDCSTREAM_PARTITIONS"] = "4"
+        p.sql("INSERT INTO orders SELECT g, 'old' || g, g, 'new', now() FROM generate_series(1, 300) g")
+        p.apply()
+        p.start_worker()
+        p.wait("snapshot", lambda: p.es("GET", f"/{p.alias('orders')}/_count").get("count") == 300, timeout=180)
+        p.kill_worker(signal.SIGTERM)
+        p.env["CDCSTREAM_CRASH_POINT"] = "after_truncate"
+        p.start_worker()
+        p.sql("BEGIN; TRUNCATE orders; "
+              "INSERT INTO orders SELECT g, 'new' || g, g, 'new', now() FROM generate_series(101, 300) g; COMMIT")
+        p.wait("the kill after the truncate", lambda: p.worker is not None and p.worker.poll() is not None,
+               worker_may_exit=True, timeout=180)
+        del p.env["CDCSTREAM_CRASH_POINT"]
+        p.start_worker()
+        p.wait("200 new rows and no old one", lambda: (lambda d: len(d) == 200 and all(
+            v["customer"].startswith("new") for v in d.values()))(_all_docs(p, "orders")), timeout=180)
+        rc, out, err = _verify(p, "public.orders")
+        assert rc == 0, (out, err)
+        assert dlq_records(p) == 0
+
+
+def _all_docs(p: Pipeline, table: str) -> dict[str, dict[str, Any]]:
+    p.es("POST", f"/{p.alias(table)}/_refresh")
+    r = p.es("POST", f"/{p.alias(table)}/_search", {"size": 10_000, "query": {"match_all": {}}})
+    return {h["_id"]: h["_source"] for h in r.get("hits", {}).get("hits", [])}

@@ -47,6 +47,18 @@ class MemoryMirror:
     async def get_many(self, index: str, ids: Any, source: Any = None) -> dict[str, dict[str, Any]]:
         return {i: d for i in ids if (d := (self.docs.get((index, i)) or (0, None))[1]) is not None}
 
+    async def delete_older_than(self, alias: str, version: int) -> int:
+        old = [k for k, (v, d) in self.docs.items() if k[0] == alias and d is not None and v < version]
+        for k in old:
+            self.docs[k] = (version, None)
+        return len(old)
+
+    async def drop(self, alias: str) -> bool:
+        found = [k for k in self.docs if k[0] == alias]
+        for k in found:
+            del self.docs[k]
+        return bool(found)
+
     def live(self, alias: str) -> dict[str, dict[str, Any]]:
         return {i: d for (a, i), (_, d) in self.docs.items() if a == alias and d is not None}
 
