@@ -194,3 +194,27 @@ def test_elasticsearch_error_reasons_lose_their_values(require: Callable[[str], 
         assert value not in json.dumps(shown)
     finally:
         requests.delete(f"{es}/{index}", timeout=30)
+
+
+def test_dlq_listing_shows_no_value_from_an_elasticsearch_refusal(
+        tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> None:
+    """A real mapping conflict through the pipeline: the row's new value must not come back
+    through GET /api/dlq's reason (field, type and row id do)."""
+    for svc in ("kafka", "connect"):
+        require(svc)
+    value = "v-" + uuid.uuid4().hex
+    with pipeline(tmp_path, require("postgres"), require("elasticsearch"), require("embeddings"),
+                  [{"name": "public.orders", "profile": "index_only"}]) as p:
+        p.sql("ALTER TABLE orders ADD COLUMN qty INT")
+        p.sql("INSERT INTO orders (id, customer, amount, qty) VALUES (1, 'acme', 1, 1), (2, 'globex', 2, 2)")
+        p.apply()
+        p.start_worker()
+        p.wait("rows indexed", lambda: set(p.docs("orders")) == {"1", "2"}, timeout=180)
+        p.sql("ALTER TABLE orders ALTER COLUMN qty TYPE TEXT")
+        p.sql("UPDATE orders SET qty = %s WHERE id = 2", (value,))
+        api = WorkerApi(p.web_port)
+        p.wait("the update dead-lettered", lambda: len(api.json("/api/dlq")["records"]) == 1,
+               retry_on=(*CONNECTION_ERRORS, KeyError))
+        reason = api.json("/api/dlq")["records"][0]["reason"]
+        assert "failed to parse field [qty] of type [long] in document with id '2'" in reason, reason
+        assert value not in reason and f"<text, {len(value)} chars>" in reason, reason
