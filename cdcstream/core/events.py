@@ -200,10 +200,11 @@ def key_text(key: dict[str, Any]) -> str:
 
 
 def bounded_id(text: str) -> str:
-    """``text`` as an Elasticsearch ``_id``: as is up to 512 bytes, else ``~sha256:<64 hex>``
-    of its UTF-8 bytes (stable: the same key always gets the same id)."""
+    """``text`` as an Elasticsearch ``_id``: as is from 1 to 512 bytes, else ``~sha256:<64 hex>``
+    of its UTF-8 bytes (stable: the same key always gets the same id). Elasticsearch refuses an
+    empty ``_id`` too, and a text primary key may be ``''``."""
     raw = text.encode("utf-8", "surrogatepass")
-    if len(raw) <= MAX_ID_BYTES:
+    if 0 < len(raw) <= MAX_ID_BYTES:
         return text
     return HASHED_ID_PREFIX + hashlib.sha256(raw).hexdigest()
 

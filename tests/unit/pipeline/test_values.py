@@ -163,6 +163,7 @@ def test_long_keys_get_a_stable_hashed_id_and_the_document_keeps_the_key() -> No
     assert len(ids) == 3 and all(len(i.encode()) <= 512 for i in ids)
     assert chunk_id("1", "body", 0) == "1#body#0"  # short ids unchanged
     assert bounded_id("a") == "a"
+    assert is_hashed_id(doc_id({"k": ""})) and doc_id({"k": ""}) == doc_id({"k": None})  # ES refuses an empty _id
 
 
 # --- row state and the mirror fill -------------------------------------------------------------
