@@ -18,11 +18,13 @@ import requests
 
 from tests.e2e.harness import Pipeline, pipeline
 from tests.e2e.test_durability import _offsets
-from tests.support import WorkerApi
+from tests.support import CONNECTION_ERRORS, WorkerApi
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 TOKEN = "archive-cuts-test-token"
+#: A worker just started lists no table yet (IndexError) or answers {"error": ...} (KeyError).
+API_NOT_YET = (*CONNECTION_ERRORS, KeyError, IndexError)
 
 
 def objects(p: Pipeline) -> dict[str, bytes]:
@@ -72,7 +74,8 @@ def test_a_quiet_table_is_archived_within_max_wait_and_every_crash_point_replays
         p.sql("INSERT INTO audit_log SELECT g, 'user' || g, 'login' FROM generate_series(1, 3) g")
         p.apply()
         p.start_worker()
-        p.wait("the first events", lambda: p.api("/api/tables")["tables"][0]["events"]["r"] == 3)
+        p.wait("the first events", lambda: p.api("/api/tables")["tables"][0]["events"]["r"] == 3,
+               retry_on=API_NOT_YET)
         t0 = time.monotonic()
         p.wait("3 rows archived", lambda: archived_ids(p) == [1, 2, 3], timeout=wait_s + 10)
         assert time.monotonic() - t0 <= wait_s + 10
@@ -89,8 +92,11 @@ def test_a_quiet_table_is_archived_within_max_wait_and_every_crash_point_replays
                    worker_may_exit=True, timeout=wait_s + 120)
             del p.env["CDCSTREAM_CRASH_POINT"]
             p.start_worker()
-            p.wait(f"every row archived after {point}", lambda n=n: archived_ids(p) == list(range(1, n + 1)),
-                   timeout=wait_s + 120)
+
+            def all_archived(upto: int = n) -> bool:
+                return archived_ids(p) == list(range(1, upto + 1))
+
+            p.wait(f"every row archived after {point}", all_archived, timeout=wait_s + 120)
             objs = assert_exactly_once(p, n)
             for name, body in seen.items():  # a replay never rewrites an object differently
                 assert objs[name] == body, f"{name} differs after the crash at {point}"
@@ -111,7 +117,8 @@ def test_leaving_the_archive_profile_stores_the_buffered_tail(tmp_path: Path,
         p.apply()
         p.start_worker()
         api = WorkerApi(p.web_port, TOKEN)
-        p.wait("3 events buffered", lambda: api.json("/api/tables")["tables"][0]["events"]["r"] == 3)
+        p.wait("3 events buffered", lambda: api.json("/api/tables")["tables"][0]["events"]["r"] == 3,
+               retry_on=API_NOT_YET)
         assert objects(p) == {}
         tid = f"{p.connector}.public.audit_log"
         r = api.put(f"/api/tables/{tid}/profile", json={"profile": "index_only"})
@@ -125,11 +132,16 @@ def test_leaving_the_archive_profile_stores_the_buffered_tail(tmp_path: Path,
         cap = next(float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("cdcstream_in_flight_cap"))
         assert flight <= cap
         topic = p.topic("audit_log")
-        p.wait("commits advance to the end", lambda: (lambda e, c: e and e == c)(
-            *asyncio.run(_offsets(topic, f"e2e-{p.tag}"))), timeout=60)
+
+        def committed_to_the_end() -> bool:
+            ends, committed = asyncio.run(_offsets(topic, f"e2e-{p.tag}"))
+            return bool(ends) and ends == committed
+
+        p.wait("commits advance to the end", committed_to_the_end, timeout=60)
         p.kill_worker(signal.SIGKILL)
         p.start_worker()
-        p.wait("the restarted worker", lambda: p.api("/api/tables")["tables"][0]["documents"] == 1000)
+        p.wait("the restarted worker", lambda: p.api("/api/tables")["tables"][0]["documents"] == 1000,
+               retry_on=API_NOT_YET)
         p.sql("INSERT INTO audit_log VALUES (1004, 'u', 'after restart')")
         p.wait("the row after the restart",
                lambda: p.es("GET", f"/{p.alias('audit_log')}/_doc/1004").get("found"))
@@ -147,8 +159,8 @@ def test_a_failing_mixed_batch_never_acks_its_archive_events(tmp_path: Path,
     position is stored exactly once."""
     from tests.e2e.test_runbook import private_embeddings
 
-    tables = [{"name": "public.audit_log", "profile": "archive"},
-              {"name": "public.articles", "profile": "full", "text_columns": ["body"]}]
+    tables: list[dict[str, Any]] = [{"name": "public.audit_log", "profile": "archive"},
+                                    {"name": "public.articles", "profile": "full", "text_columns": ["body"]}]
     with private_embeddings(tmp_path) as emb, pipeline(
             tmp_path, stack("postgres"), stack("elasticsearch"),
             {**stack("embeddings"), "base_url": f"{emb.url}/v1"}, tables) as p:
