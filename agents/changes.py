@@ -203,7 +203,7 @@ def _take_skips(pipe: Pipeline, batch: list[Any], skipped: dict[int, str], error
 
 def apply_outcome(pipe: Pipeline, stream: Any, batch: list[Any], out: Outcome) -> None:
     # Faust routes a table write to the changelog partition of the current event: set it to
-    # the event that produced the state (private API, pinned by tests/unit/test_faust_seams.py).
+    # the event that produced the state (private API, pinned by tests/unit/runtime/test_faust_seams.py).
     for rk, (state, i) in out.states.items():
         stream._set_current_event(batch[i])
         pipe.tables.rows[rk] = state.dump()

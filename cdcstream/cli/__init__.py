@@ -1,5 +1,5 @@
-"""The ``cdcstream`` command. Nothing imports this package."""
+"""The ``cdcstream`` command (``cdcstream.cli.main:main``). Nothing imports this package.
 
-from cdcstream.cli.main import main
-
-__all__ = ["main"]
+The package does not re-export ``main``: ``cdcstream.cli.main`` must stay the module, so
+tests can patch its functions (``monkeypatch.setattr(cdcstream.cli.main, "_client", ...)``).
+"""

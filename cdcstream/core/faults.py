@@ -2,7 +2,8 @@
 
 ``CDCSTREAM_CRASH_POINT=<name>[:<n>]`` makes the worker kill itself with SIGKILL the n-th
 time (default first) it reaches that point: the same as ``kill -9`` at an exact moment.
-Points: ``after_truncate`` (a TRUNCATE recorded and applied, its batch not yet acked), ``before_cut_record`` / ``after_cut_record`` (an archive cut about to be / just
+Points: ``after_truncate`` (a TRUNCATE recorded and applied, its batch not yet acked),
+``before_cut_record`` / ``after_cut_record`` (an archive cut about to be / just
 recorded, its object not yet stored), ``after_archive_put`` (object stored, its events not
 yet acked), ``after_archive_release`` (a timer's objects stored and their events acked, the
 offsets not yet committed), ``after_bulk``

@@ -22,7 +22,7 @@ offset that ends table recovery, and then lost track of them:
 
 The fixes keep one rule: records of a stream partition are delivered only from the
 position of its latest seek, with read offsets and gaps recorded since that seek.
-``tests/unit/test_faust_fixes.py`` pins each one.
+``tests/unit/runtime/test_faust_fixes.py`` pins each one.
 
 They live in ``FixedConsumer``, a subclass of the aiokafka driver's consumer whose
 overrides call Faust's own method and add the fix around it; ``FixedTransport`` (the
