@@ -46,7 +46,7 @@ def _error_type(e: ApiError) -> str:
     return str(err.get("type", e.meta.status)) if isinstance(err, dict) else str(e.meta.status)
 
 
-#: The index settings a truncate carries over to the fresh index (the table's index_settings).
+#: The index settings a swap carries over to the fresh index (the table's index_settings).
 KEPT_SETTINGS = ("number_of_shards", "number_of_replicas", "refresh_interval")
 
 
@@ -101,9 +101,16 @@ class EsMirror:
         self._known[alias] = props | (known or set())
 
     async def swap(self, alias: str, mapping: dict[str, Any], settings: dict[str, Any] | None = None) -> str:
-        """Point ``alias`` at a fresh, empty index (truncate, incompatible mapping change); drop the old one."""
+        """Point ``alias`` at a fresh, empty index (an incompatible mapping change); drop the old one.
+
+        Without ``settings`` the fresh index keeps the table's settings (``KEPT_SETTINGS``: shards,
+        replicas, refresh interval) of the index it replaces.
+        """
         resp = await self.es.indices.get_alias(name=alias)
         old = sorted(resp.body)
+        if settings is None and old:
+            current = await self.es.indices.get_settings(index=old[-1])
+            settings = kept_settings(next(iter(current.body.values()))["settings"])
         gen = max((int(n.rsplit("-", 1)[1]) for n in old if n.rsplit("-", 1)[-1].isdigit()), default=0) + 1
         new = physical(alias, gen)
         await self.es.indices.create(index=new, mappings=mapping,

@@ -1,9 +1,11 @@
 """Index settings per table (issue 17 item 4) on the real stack: applied when the worker creates a
-table's indices (row and chunks), defaults as before, and kept when a TRUNCATE points the alias at
-a fresh index; the mirror then verifies clean with an empty DLQ."""
+table's indices (row and chunks), defaults as before, unchanged by a TRUNCATE (older documents are
+deleted in place) and kept when a swap points the alias at a fresh index generation; the mirror
+verifies clean with an empty DLQ."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -42,7 +44,7 @@ def verify(p: Pipeline, table: str) -> tuple[int, dict[str, Any], str]:
     return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else {}), r.stderr
 
 
-def test_index_settings_are_applied_and_kept_across_truncate(tmp_path: Path,
+def test_index_settings_are_applied_and_kept_across_truncate_and_swap(tmp_path: Path,
                                                               require: Callable[[str], dict[str, Any]]) -> None:
     for svc in ("kafka", "connect"):
         require(svc)
@@ -68,9 +70,8 @@ def test_index_settings_are_applied_and_kept_across_truncate(tmp_path: Path,
 
         p.sql("TRUNCATE orders")
         p.wait("truncated", lambda: p.docs("orders") == {})
-        names, s = settings(p, orders)
-        assert names == [f"{orders}-000002"]  # a fresh index behind the alias ...
-        assert s == {"number_of_shards": "3", "number_of_replicas": "0", "refresh_interval": "5s"}  # ... the same
+        assert settings(p, orders)[1] == {"number_of_shards": "3", "number_of_replicas": "0",
+                                          "refresh_interval": "5s"}
         p.sql("INSERT INTO orders SELECT g, 'again ' || g, g, 'new', now() FROM generate_series(1, 5) g")
         p.wait("rows after the truncate", lambda: len(p.docs("orders")) == 5)
 
@@ -78,3 +79,23 @@ def test_index_settings_are_applied_and_kept_across_truncate(tmp_path: Path,
             rc, rep, err = verify(p, t)
             assert rc == 0 and rep["drift"] == [], (t, rep, err)
         assert dlq_records(p) == 0
+
+        # A swap to a fresh index generation (EsMirror.swap: an incompatible mapping change) keeps them too.
+        p.kill_worker()
+        mapping = next(iter(p.es("GET", f"/{orders}/_mapping").values()))["mappings"]
+        new = asyncio.run(_swap(p.es_url, orders, mapping))
+        names, s = settings(p, orders)
+        assert names == [new] and new != f"{orders}-000001"
+        assert s == {"number_of_shards": "3", "number_of_replicas": "0", "refresh_interval": "5s"}
+
+
+async def _swap(url: str, alias: str, mapping: dict[str, Any]) -> str:
+    from elasticsearch import AsyncElasticsearch
+
+    from cdcstream.sinks.elasticsearch import EsMirror
+
+    client = AsyncElasticsearch(url)
+    try:
+        return await EsMirror(client).swap(alias, mapping)
+    finally:
+        await client.close()

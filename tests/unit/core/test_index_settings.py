@@ -56,7 +56,7 @@ def test_bad_settings_name_file_line_and_field(tmp_path: Path, old: str, new: st
         load(tmp_path, YAML.replace(old, new))
 
 
-def test_a_truncate_keeps_the_tables_settings() -> None:
+def test_a_swap_keeps_the_tables_settings() -> None:
     answer: dict[str, Any] = {"index": {"number_of_shards": "3", "number_of_replicas": "1", "refresh_interval": "30s",
                                         "uuid": "x", "creation_date": "1", "provided_name": "a-000001"}}
     assert kept_settings(answer) == {"number_of_shards": "3", "number_of_replicas": "1", "refresh_interval": "30s"}
