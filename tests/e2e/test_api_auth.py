@@ -259,15 +259,17 @@ def test_dlq_listing_pages_on_a_byte_budget(p: Pipeline) -> None:
 
 def test_worker_bound_beyond_loopback_without_token_refuses(tmp_path: Path) -> None:
     port = free_port()
+    config = tmp_path / "cdcstream.yaml"
+    config.write_text("connectors: []\n")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CDCSTREAM_WEB_HOST": "0.0.0.0",
-           "CDCSTREAM_WEB_PORT": str(port), "CDCSTREAM_CONFIG": str(tmp_path / "missing.yaml"),
+           "CDCSTREAM_WEB_PORT": str(port), "CDCSTREAM_CONFIG": str(config),
            "CDCSTREAM_DATA_DIR": str(tmp_path / "data")}
     r = subprocess.run([sys.executable, "-m", "cdcstream.cli", "worker"], env=env, cwd=ROOT, capture_output=True,
                        text=True, timeout=120, check=False)
     assert r.returncode == 2, r.stdout + r.stderr
     assert re.search(r"refusing to start: web_host '0\.0\.0\.0' is not a loopback address and no API token",
                      r.stderr), r.stderr
-    # It refused before binding anything (and before reading its config, which does not exist).
+    # It refused before binding anything, before even creating its data dir.
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
     assert not (tmp_path / "data").exists()
