@@ -147,7 +147,8 @@ def connectors_plan(config_path: str | None) -> None:
         why = str(e)
     try:
         for spec in cfg.connectors:
-            p = plan_connector(spec, client, resolve_credentials(spec, Resolver()), s.kafka_bootstrap)
+            p = plan_connector(spec, client, resolve_credentials(spec, Resolver()), s.kafka_bootstrap,
+                               worker_partitions=s.partitions)
             click.echo(f"connector {spec.name}: {p.action}")
             for line in p.diff():
                 click.echo(line)
@@ -185,7 +186,7 @@ def connectors_apply(config_path: str | None, reset_profiles: bool) -> None:
 
     cfg, client, s = _config(config_path), _client(), _settings()
     try:
-        res = lc.apply(cfg, client, Resolver(), s.kafka_bootstrap, log_fn=click.echo)
+        res = lc.apply(cfg, client, Resolver(), s.kafka_bootstrap, log_fn=click.echo, app_id=s.app_id)
         actions = list(res.actions)
         if reset_profiles:
             live = worker_api.live_profiles(_worker_url(s), _api_token(s))
@@ -289,25 +290,48 @@ def _spec(cfg: Any, name: str) -> Any:
 @click.option("--drop-slot", is_flag=True,
               help="Also reset offsets and drop the replication slot and publication (PostgreSQL) or the "
                    "schema-history topic (MariaDB/MySQL), so a re-created connector snapshots afresh.")
+@click.option("--topics", "with_topics", is_flag=True,
+              help="Also delete the connector's Kafka topics (<prefix>, <prefix>.* and its heartbeat topic), "
+                   "e.g. to re-create it with another partition count.")
 @config_option
-def connectors_delete(name: str, drop_slot: bool, config_path: str | None) -> None:
+def connectors_delete(name: str, drop_slot: bool, with_topics: bool, config_path: str | None) -> None:
     """Delete a connector; with --drop-slot: stop, reset offsets, delete, drop slot and publication."""
     from cdcstream.core.resolver import Resolver
     from cdcstream.core.secrets import SecretError
     from cdcstream.ops.credentials import resolve_credentials
     from cdcstream.ops.kconnect import ConnectError
-    from cdcstream.ops.lifecycle import delete_connector
+    from cdcstream.ops.lifecycle import delete_connector, delete_connector_topics
 
     c = _client()
+    s = _settings()
     try:
+        actual = c.get_config(name) if with_topics else None
+        # The topic prefix from Connect while the connector exists (the YAML may no longer declare it).
+        prefix = actual.get("topic.prefix") if actual else None
         if not drop_slot:
-            # Plain delete needs no config: it must work for connectors the YAML no longer declares.
-            c.delete(name)
-            click.echo(f"{name}: deleted (offsets and the replication slot stay; --drop-slot removes them)")
-            return
-        spec = _spec(_config(config_path), name)
-        delete_connector(c, spec, resolve_credentials(spec, Resolver()), _settings().kafka_bootstrap,
-                         drop_slot=True, log_fn=click.echo)
+            if actual is not None:
+                # Stopped first: a task still running after DELETE would re-create a topic just deleted.
+                c.stop(name)
+                c.wait_state(name, ("STOPPED",), tasks=False, timeout=60)
+            if actual is not None or not with_topics:
+                # Plain delete needs no config: it must work for connectors the YAML no longer declares.
+                c.delete(name)
+                click.echo(f"{name}: deleted (offsets and the replication slot stay; --drop-slot removes them)")
+            else:
+                click.echo(f"{name}: not in Kafka Connect; deleting its topics only")
+        else:
+            spec = _spec(_config(config_path), name)
+            prefix = prefix or spec.prefix
+            delete_connector(c, spec, resolve_credentials(spec, Resolver()), s.kafka_bootstrap,
+                             drop_slot=True, log_fn=click.echo)
+        if with_topics:
+            if prefix is None:
+                prefix = _spec(_config(config_path), name).prefix
+            deleted = delete_connector_topics(s.kafka_bootstrap, prefix)
+            for topic in deleted:
+                click.echo(f"deleted topic {topic}")
+            if not deleted:
+                click.echo(f"no topics with prefix {prefix}")
     except (ConnectError, SecretError, RuntimeError) as e:
         _fail(e)
 
@@ -465,10 +489,20 @@ def topics_apply() -> None:
 # --- worker --------------------------------------------------------------------------
 @main.command()
 @click.option("--loglevel", default="warn", type=click.Choice(["debug", "info", "warn", "error"]))
-def worker(loglevel: str) -> None:
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+              help="Config file (default: $CDCSTREAM_CONFIG, else cdcstream.yaml).")
+def worker(loglevel: str, config_path: str | None) -> None:
     """Run the Faust worker (restarted by this supervisor when the captured topics change)."""
+    import os
+    from pathlib import Path
+
     from cdcstream.runtime.worker import supervise
 
+    if config_path is not None:
+        # The supervisor and the worker it starts read Settings().config: the option is the
+        # environment variable, given on the command line (and absolute: the child's cwd may differ).
+        os.environ["CDCSTREAM_CONFIG"] = str(Path(config_path).resolve())
+    _config(None)  # a missing or invalid file: exit 2 with the loader's message, before any process starts
     sys.exit(supervise([loglevel]))
 
 
@@ -554,7 +588,7 @@ def demo(no_worker: bool) -> None:
     from cdcstream.ops.lifecycle import apply
 
     s = _settings()
-    apply(_config(None), _client(), Resolver(), s.kafka_bootstrap, log_fn=click.echo)
+    apply(_config(None), _client(), Resolver(), s.kafka_bootstrap, log_fn=click.echo, app_id=s.app_id)
     click.echo("\nWhere to look:")
     click.echo(f"  status page     http://{s.web_host}:{s.web_port}/status")
     click.echo(f"  tables (JSON)   http://{s.web_host}:{s.web_port}/api/tables")

@@ -14,6 +14,15 @@ from pydantic import SecretStr
 from cdcstream.core.secrets import SecretError, SecretRef, VaultReader
 from cdcstream.core.settings import Settings
 
+# What a vault: reference without a Vault is told: both the variables every Vault tool reads and ours.
+NO_VAULT_HINT = ("set VAULT_ADDR (or CDCSTREAM_VAULT_ADDR) and VAULT_TOKEN, or CDCSTREAM_VAULT_AUTH with its "
+                 "settings (docs/vault.md)")
+
+
+def vault_address(settings: Settings) -> str | None:
+    """CDCSTREAM_VAULT_ADDR, else VAULT_ADDR (the variable every Vault tool reads): the explicit setting wins."""
+    return settings.vault_addr or os.environ.get("VAULT_ADDR") or None
+
 
 class Resolver:
     """Resolves references. Vault lookups go through ``vault`` (cdcstream.core.vault.VaultClient)."""
@@ -38,12 +47,12 @@ class Resolver:
         if self.vault is None:
             self.vault = default_vault()
         if self.vault is None:
-            raise SecretError(f"{ref}: no Vault is configured (set CDCSTREAM_VAULT_ADDR and CDCSTREAM_VAULT_AUTH)")
+            raise SecretError(f"{ref}: no Vault is configured: {NO_VAULT_HINT}")
         return SecretStr(self.vault.read(ref.mount, ref.path, ref.key))
 
 
 def default_vault() -> VaultReader | None:
-    """The Vault client the process settings describe (CDCSTREAM_VAULT_*), or None."""
+    """The Vault client the process settings describe (CDCSTREAM_VAULT_*, else VAULT_ADDR/VAULT_TOKEN), or None."""
     from cdcstream.core.settings import Settings
 
     r = make_resolver(Settings())
@@ -51,13 +60,14 @@ def default_vault() -> VaultReader | None:
 
 
 def make_resolver(settings: Settings) -> Any:
-    """The secret resolver for these settings (Vault only when vault_addr is set)."""
-    import os
+    """The secret resolver for these settings (Vault only when vault_addr, or else $VAULT_ADDR, is set).
 
-    from cdcstream.core.resolver import Resolver
+    With auth ``token`` and no CDCSTREAM_VAULT_TOKEN_FILE the token is $VAULT_TOKEN, as for the
+    Vault CLI; any explicit CDCSTREAM_VAULT_* setting wins over the plain variables."""
     from cdcstream.core.vault import VaultAuth, VaultClient, VaultSettings
 
-    if not settings.vault_addr:
+    addr = vault_address(settings)
+    if not addr:
         return Resolver()
     token = os.environ.get("VAULT_TOKEN")
     auth = VaultAuth(method=settings.vault_auth,  # type: ignore[arg-type]
@@ -66,6 +76,6 @@ def make_resolver(settings: Settings) -> Any:
                      token_file=settings.vault_token_file, role_id=settings.vault_role_id,
                      secret_id_file=settings.vault_secret_id_file, role=settings.vault_role,
                      jwt_file=settings.vault_jwt_file, mount=settings.vault_auth_mount)
-    return Resolver(VaultClient(VaultSettings(addr=settings.vault_addr, auth=auth, ca_bundle=settings.vault_ca_bundle,
+    return Resolver(VaultClient(VaultSettings(addr=addr, auth=auth, ca_bundle=settings.vault_ca_bundle,
                                               verify=settings.vault_verify)))
 

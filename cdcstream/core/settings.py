@@ -132,7 +132,8 @@ class Settings(BaseSettings):
                                                   "tokens: the backfill cost estimate of the profile API.")
 
     # --- Vault --------------------------------------------------------------------------
-    vault_addr: str | None = Field(None, description="Vault address; enables vault: secret references.")
+    vault_addr: str | None = Field(None, description="Vault address; enables vault: secret references. Unset: "
+                                   "$VAULT_ADDR, as for the Vault CLI (with auth token, the token is $VAULT_TOKEN).")
     vault_auth: str = Field("token", description="Vault auth method: token, approle, jwt or kubernetes.")
     vault_token_file: Path | None = Field(None, description="File holding a Vault token (auth token; "
                                                             "else $VAULT_TOKEN).")

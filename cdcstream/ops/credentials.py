@@ -168,7 +168,9 @@ def vault_client(resolver: Resolver) -> VaultClient:
 
         resolver.vault = default_vault()
     if not isinstance(resolver.vault, VaultClient):
-        raise SecretError("dynamic credentials need Vault: set CDCSTREAM_VAULT_ADDR and CDCSTREAM_VAULT_AUTH")
+        from cdcstream.core.resolver import NO_VAULT_HINT
+
+        raise SecretError(f"dynamic credentials need Vault: {NO_VAULT_HINT}")
     return resolver.vault
 
 

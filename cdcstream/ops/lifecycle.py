@@ -243,14 +243,15 @@ def delete_connector(client: ConnectClient, spec: ConnectorSpec, creds: Credenti
             log_fn(f"deleted schema-history topic {topic}")
 
 
-def _connector_topics(kafka_bootstrap: str, spec: ConnectorSpec) -> list[str]:
-    """The topics ``spec``'s connector writes that exist now: ``<prefix>`` (MariaDB/MySQL schema
-    changes), ``<prefix>.*`` (tables, signal and heartbeat tables) and Debezium's heartbeat topic."""
+def _connector_topics(kafka_bootstrap: str, spec: ConnectorSpec | str) -> list[str]:
+    """The topics ``spec``'s connector (or the connector with topic prefix ``spec``) writes that
+    exist now: ``<prefix>`` (MariaDB/MySQL schema changes), ``<prefix>.*`` (tables, signal and
+    heartbeat tables) and Debezium's heartbeat topic."""
     import asyncio
 
     from aiokafka.admin import AIOKafkaAdminClient
 
-    prefix = spec.prefix
+    prefix = spec if isinstance(spec, str) else spec.prefix
 
     async def go() -> list[str]:
         admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap, request_timeout_ms=15000)
@@ -288,6 +289,29 @@ def remove_connector(client: ConnectClient, spec: ConnectorSpec, creds: Credenti
     if topics:
         for topic in _delete_topics(kafka_bootstrap, _connector_topics(kafka_bootstrap, spec)):
             log_fn(f"deleted topic {topic}")
+
+
+def delete_connector_topics(kafka_bootstrap: str, prefix: str) -> list[str]:
+    """Delete the topics of the connector whose topic prefix is ``prefix`` (``connectors delete
+    --topics``): what a re-created connector with another partition count needs gone, since Kafka
+    keeps a topic's partition count. The connector must be stopped or deleted first (a running
+    task re-creates them). Returns the topics deleted."""
+    return _delete_topics(kafka_bootstrap, _connector_topics(kafka_bootstrap, prefix))
+
+
+def partitions_finding(spec: ConnectorSpec, worker_partitions: int) -> Finding | None:
+    """A connector whose topics get a partition count the worker refuses (it checks every captured
+    topic against its ``partitions`` setting at start)."""
+    if spec.partitions == worker_partitions:
+        return None
+    return Finding(
+        "warning",
+        f"connector {spec.name} declares partitions: {spec.partitions}, the worker expects "
+        f"{worker_partitions} (CDCSTREAM_PARTITIONS): its topics would be created with {spec.partitions} "
+        f"partitions and the worker would refuse to start",
+        f"set partitions: {worker_partitions} on {spec.name} (or CDCSTREAM_PARTITIONS={spec.partitions} for "
+        f"every worker); topics already created with another count stay until "
+        f"`cdcstream connectors delete {spec.name} --drop-slot --topics`")
 
 
 def preflight_mariadb(spec: ConnectorSpec, creds: Credentials) -> list[Finding]:
@@ -345,7 +369,9 @@ def setup_mariadb(spec: ConnectorSpec, creds: Credentials) -> list[str]:
 
 # --- plan / apply -------------------------------------------------------------------
 def plan_connector(spec: ConnectorSpec, client: ConnectClient, creds: Credentials, kafka_bootstrap: str,
-                   *, check: bool = True) -> ConnectorPlan:
+                   *, check: bool = True, worker_partitions: int | None = None) -> ConnectorPlan:
+    """Desired vs actual config and the preflight findings; with ``worker_partitions`` (the
+    worker's ``partitions`` setting) also a warning when the connector's differs."""
     from cdcstream.ops.credentials import config_credentials
 
     actual = client.get_config(spec.name)
@@ -357,6 +383,10 @@ def plan_connector(spec: ConnectorSpec, client: ConnectClient, creds: Credential
             findings = preflight_postgres(spec, creds, existing_slot=actual is not None)
         elif spec.connection.kind == "mariadb":
             findings = preflight_mariadb(spec, creds)
+    if worker_partitions is not None:
+        pf = partitions_finding(spec, worker_partitions)
+        if pf is not None:
+            findings.append(pf)
     if actual is None:
         action = "create"
     else:
@@ -443,7 +473,10 @@ class ApplyResult:
 
 
 def apply(config: Config, client: ConnectClient, resolver: Resolver, kafka_bootstrap: str,
-          log_fn: Callable[[str], None] = print) -> ApplyResult:
+          log_fn: Callable[[str], None] = print, app_id: str | None = None) -> ApplyResult:
+    """Create or update every connector. With ``app_id`` (the worker's), a connector created
+    (again) starts a new generation in that worker's stats (``cdcstream/ops/generations.py``), so
+    the status page counts this life of its tables only."""
     plans: list[ConnectorPlan] = []
     actions: list[str] = []
     for spec in config.connectors:
@@ -472,6 +505,13 @@ def apply(config: Config, client: ConnectClient, resolver: Resolver, kafka_boots
             v = client.validate(p.desired["connector.class"], {**p.desired, "name": spec.name})
             if not v.ok:
                 raise PreflightError(f"connector {spec.name}: Kafka Connect refused the config: {v.errors}")
+        if p.action == "create" and app_id is not None:
+            from cdcstream.ops.generations import record_generation
+
+            # Before the connector exists: its first event then belongs to the new generation.
+            gen = record_generation(kafka_bootstrap, app_id, spec)
+            if gen is not None and gen.number > 1:
+                actions.append(f"generation {gen.number} of connector {spec.name}: stats of its tables start again")
         client.put_config(spec.name, p.desired)
         actions.append(f"{p.action}d connector {spec.name}")
         if p.added_tables:

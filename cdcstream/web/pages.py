@@ -101,6 +101,11 @@ def chart_svg(series: list[dict[str, Any]], width: int = 720, height: int = 180)
 def _progress(snap: dict[str, Any]) -> str:
     p = snap.get("progress")
     read = snap.get("rows_read", 0)
+    if snap.get("done"):
+        # Finished: its row count and duration, not a share of what the table holds now.
+        d = snap.get("duration_s")
+        took = "" if d is None else f", {d:,.1f} s" if d < 120 else f", {_age(d)}"
+        return f'<span class="ok">done</span> <span class="muted">({_n(read)} rows{took})</span>'
     if p is None:
         return f"{_n(read)} read"
     return (f'<span class="bar"><i style="width:{p * 100:.0f}%"></i></span>{p * 100:.0f}% '

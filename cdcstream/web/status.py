@@ -337,13 +337,21 @@ class StatusService:
 
     def table_view(self, route: Route, totals: dict[str, Any], docs: dict[str, int | None],
                    rows: dict[str, int | None]) -> dict[str, Any]:
+        from cdcstream.ops.generations import current_life, generation_key
+
         key = route.table_id.key
         profile, version = live_profile(self.pipe, route)
-        stats = totals.get(key, {})
+        # Counted from the connector's newest generation (a connector re-created under the same
+        # name starts again; cdcstream/ops/generations.py).
+        stats = current_life(totals.get(key, {}), self.pipe.tables.stats.get(generation_key(route.connector.name)),
+                             key)
         last = int(stats.get("last_event_ms", 0)) or None
         read = int(stats.get("op_r", 0))
         src = rows.get(key)
-        progress = None if not src else min(1.0, read / src)
+        started, finished = int(stats.get("snapshot_started_ms", 0)), int(stats.get("snapshot_finished_ms", 0))
+        # Debezium marked the table's last snapshot row: done, whatever the table holds since.
+        done = finished > 0 and finished >= started
+        progress = 1.0 if done else None if not src else min(1.0, read / src)
         return {
             "id": table_id(route), "table": key, "name": str(route.table_id), "index": route.alias,
             "chunks_index": route.chunks_alias if profile.embeds else None,
@@ -356,7 +364,9 @@ class StatusService:
             "documents": docs.get(route.alias), "chunks": docs.get(route.chunks_alias),
             "embed_tokens": int(stats.get("embed_tokens", 0)), "tokens_saved": int(stats.get("tokens_saved", 0)),
             "dlq": int(stats.get("dlq", 0)),
-            "snapshot": {"rows_read": read, "source_rows": src, "progress": progress},
+            "snapshot": {"rows_read": read, "source_rows": src, "progress": progress, "done": done,
+                         "finished_ms": finished if done else None,
+                         "duration_s": round((finished - started) / 1000, 1) if done and started else None},
         }
 
     async def tables(self, routes: list[Route] | None = None) -> list[dict[str, Any]]:
