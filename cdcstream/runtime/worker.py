@@ -117,6 +117,12 @@ def run_worker(settings: Settings, loglevel: str = "warn") -> None:
 
 def supervise(argv: list[str], max_fast_failures: int = 5) -> int:
     """Run ``python -m cdcstream.runtime.worker`` and restart it on EXIT_RESTART. Returns the final exit code."""
+    # Checked here too, so that no worker process starts at all (the worker checks again for
+    # those who run it without the supervisor).
+    refusal = exposure_refusal(Settings())
+    if refusal:
+        print(f"cdcstream worker: {refusal}", file=sys.stderr)
+        return 2
     fast_failures = 0
     child: subprocess.Popen[bytes] | None = None
 
