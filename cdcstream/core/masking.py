@@ -35,9 +35,15 @@ _ES_BRACKETED = re.compile(r"(?i)(?P<pre>(?:date field|value|date|input|token|st
 _ES_PAREN = re.compile(r"(?i)(?P<pre>\bvalue\s*)\((?P<v>[^)]*)\)")
 
 
+_DESCRIBED = re.compile(r"<(?:number|date-like|literal|text), \d+ chars>")
+
+
 def describe(value: str) -> str:
-    """What a value was, without the value: ``<number, 5 chars>``, ``<text, 12 chars>``."""
+    """What a value was, without the value: ``<number, 5 chars>``, ``<text, 12 chars>``.
+    Idempotent: a description stays itself (reasons are masked when written and when shown)."""
     v = value.strip()
+    if _DESCRIBED.fullmatch(v):
+        return v
     if re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", v):
         kind = "number"
     elif re.fullmatch(r"\d{4}-\d{2}-\d{2}[T ]?[\d:.]*Z?([+-]\d{2}:?\d{2})?", v):

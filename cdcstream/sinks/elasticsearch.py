@@ -20,6 +20,7 @@ from typing import Any
 
 from elasticsearch import ApiError, AsyncElasticsearch, ConnectionError, NotFoundError, TransportError
 
+from cdcstream.core.masking import mask_es_reason
 from cdcstream.sinks.base import BulkResult, IndexOp, OnWait, SinkUnavailable
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,10 @@ class EsMirror:
                                           f"{op.index}")
                 else:
                     err = r.get("error", {})
-                    result.failed.append((op, f"{err.get('type', st)}: {err.get('reason', '')}"[:1000]))
+                    # The reason quotes the refused value: keep its type and length only (it goes
+                    # to the DLQ record's reason and the log; the record itself is admin-only).
+                    reason = mask_es_reason(str(err.get("reason", "")))
+                    result.failed.append((op, f"{err.get('type', st)}: {reason}"[:1000]))
             if retry:
                 backoff = await self._wait(backoff, started, f"{len(retry)} bulk items rejected (429/5xx)")
                 result.retries += 1

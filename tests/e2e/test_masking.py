@@ -218,3 +218,8 @@ def test_dlq_listing_shows_no_value_from_an_elasticsearch_refusal(
         reason = api.json("/api/dlq")["records"][0]["reason"]
         assert "failed to parse field [qty] of type [long] in document with id '2'" in reason, reason
         assert value not in reason and f"<text, {len(value)} chars>" in reason, reason
+        # The reason is masked where it is written, not only where it is shown: the DLQ
+        # record's stored reason and the worker log do not carry the value either.
+        raw = api.json("/api/dlq?values=false")["records"][0]["reason"]
+        assert value not in raw
+        assert value not in p.worker_log()
