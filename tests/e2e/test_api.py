@@ -77,7 +77,10 @@ def test_tables_connectors_metrics_openapi(p: Pipeline) -> None:
     # The shape test_pipeline.py relies on, plus the new fields.
     assert orders["name"].endswith(".public.orders") and orders["stats"]["op_r"] == 3
     assert orders["events"]["r"] == 3 and orders["documents"] == 3 and orders["profile"] == "index_only"
-    assert orders["snapshot"] == {"rows_read": 3, "source_rows": 3, "progress": 1.0}
+    snap = orders["snapshot"]
+    assert {k: snap[k] for k in ("rows_read", "source_rows", "progress", "done")} == {
+        "rows_read": 3, "source_rows": 3, "progress": 1.0, "done": True}
+    assert snap["finished_ms"] > 0 and snap["duration_s"] >= 0  # a finished snapshot: done, with its duration
     arts = tables[tid(p, "articles")]
     assert arts["chunks"] >= 4 and arts["embed_tokens"] + arts["tokens_saved"] > 0
 
