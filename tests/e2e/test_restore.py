@@ -1,6 +1,7 @@
 """Point-in-time restore from the archive (issue 20 part 1), on the real stack: a table with
 inserts, updates, deletes and a delete-then-insert of one key, archived over many objects (4
-records each), restored at three cuts (two times, one source position) into a JSON Lines file,
+records each), restored at three cuts (two times, one source position), and a fourth after a
+TRUNCATE, into a JSON Lines file,
 a PostgreSQL table (created by the restore, and one created beforehand like the source) and an
 Elasticsearch index; each compared row by row with the source as queried at that moment. Then
 `cdcstream history` lists every version of one row."""
@@ -89,12 +90,19 @@ def test_restore_at_three_cuts_matches_the_source_then(tmp_path: Path,
         p.sql("DELETE FROM audit_log WHERE id = 17")
         p.sql("INSERT INTO audit_log VALUES (21, 'user21', 'late')")
         events += 3 + 1 + 1
+        # A fourth cut after a TRUNCATE: only what was inserted since.
+        p.sql("TRUNCATE audit_log")
+        p.sql("INSERT INTO audit_log SELECT g, 'user' || g, 'fresh' FROM generate_series(40, 42) g")
+        events += 1 + 3
+        cuts.append(cut_now(p))
+        p.sql("UPDATE audit_log SET action = 'late' WHERE id = 40")
+        events += 1
         p.wait("every change archived", lambda: archived_events(p) == events, timeout=120)
         objects = len(list(p.archive_dir.rglob("*.jsonl.gz")))
         assert objects >= 8, objects  # the table spans many objects
 
         # Cut 1 by time -> JSON Lines.
-        (ts1, _lsn1, rows1), (_ts2, lsn2, rows2), (ts3, _lsn3, rows3) = cuts
+        (ts1, _lsn1, rows1), (_ts2, lsn2, rows2), (ts3, _lsn3, rows3), (ts4, _lsn4, rows4) = cuts
         out = tmp_path / "cut1.jsonl"
         r = cli(p, "restore", "public.audit_log", "--as-of", ts1, "--to", "jsonl", str(out))
         assert r.returncode == 0, r.stdout + r.stderr
@@ -126,19 +134,28 @@ def test_restore_at_three_cuts_matches_the_source_then(tmp_path: Path,
         assert [(h["_source"]["id"], h["_source"]["actor"], h["_source"]["action"]) for h in hits] == rows3
         assert [h["_id"] for h in hits] == [str(x[0]) for x in rows3]
 
+        # After the TRUNCATE: the rows inserted since, nothing from before.
+        out = tmp_path / "cut4.jsonl.gz"
+        r = cli(p, "restore", "public.audit_log", "--as-of", ts4, "--to", "jsonl", str(out))
+        assert r.returncode == 0 and "1 truncate(s) applied" in r.stdout, r.stdout + r.stderr
+        restored = [json.loads(x) for x in gzip.decompress(out.read_bytes()).splitlines()]
+        assert [(x["id"], x["actor"], x["action"]) for x in restored] == rows4 == [
+            (40, "user40", "fresh"), (41, "user41", "fresh"), (42, "user42", "fresh")]
+
         # Each cut differs from the others and from now: the restores really chose by the cut.
         now = p.sql("SELECT id, actor, action FROM audit_log ORDER BY id")
-        assert len({json.dumps(x) for x in (rows1, rows2, rows3, now)}) == 4
+        assert len({json.dumps(x) for x in (rows1, rows2, rows3, rows4, now)}) == 5
 
         # History of key 5: snapshot, delete, insert again, two updates.
         r = cli(p, "history", "public.audit_log", "5")
         assert r.returncode == 0, r.stdout + r.stderr
         lines = r.stdout.splitlines()
-        assert [x.split()[2] for x in lines] == ["snapshot", "delete", "insert", "update", "update"], r.stdout
-        assert '"action":"late"' in lines[-1] and "lsn=" in lines[0]
+        assert [x.split()[2] for x in lines] == ["snapshot", "delete", "insert", "update", "update", "truncate"], \
+            r.stdout
+        assert '"action":"late"' in lines[-2] and "lsn=" in lines[0]
         r = cli(p, "history", "public.audit_log", '{"id": 3}', "--json")
         versions = [json.loads(x) for x in r.stdout.splitlines()]
-        assert [v["op"] for v in versions] == ["r", "u", "u", "u", "d"], versions
+        assert [v["op"] for v in versions] == ["r", "u", "u", "u", "d", "t"], versions
         assert [v["after"]["action"] for v in versions[1:4]] == ["edit-0", "edit-1", "edit-2"]
         # A cut before anything was archived: an empty table, said so.
         r = cli(p, "restore", "public.audit_log", "--as-of", "2000-01-01T00:00:00Z", "--to", "jsonl",
