@@ -25,7 +25,7 @@ from typing import Any
 from cdcstream.core.config import ProcessingProfile
 from cdcstream.core.events import ChangeEvent, Op, SnapshotMarker, bounded_id
 from cdcstream.core.faults import crash_point
-from cdcstream.core.route import Route, Router, RowState, is_stale, keep_toast, row_key
+from cdcstream.core.route import Route, Router, RowState, is_stale, keep_toast, row_key, worth_writing
 from cdcstream.pipeline.archive import ArchiveBuffer
 from cdcstream.pipeline.chunking import Chunk, Chunker
 from cdcstream.pipeline.embeddings import Embedder
@@ -166,7 +166,9 @@ class BatchProcessor:
                 if profile.embeds:
                     full_rows.append((i, ev, route, state))
             seen[rk] = new_state
-            out.states[rk] = (new_state, i)
+            # index_only: only what the mirror cannot answer (delete markers, TOAST values).
+            if profile.embeds or worth_writing(state, new_state):
+                out.states[rk] = (new_state, i)
 
         if self.archive is not None:
             for obj in out.flushed:
