@@ -314,6 +314,42 @@ def partitions_finding(spec: ConnectorSpec, worker_partitions: int) -> Finding |
         f"`cdcstream connectors delete {spec.name} --drop-slot --topics`")
 
 
+def topic_partitions(kafka_bootstrap: str, names: list[str]) -> dict[str, int]:
+    """Partition count of each of ``names`` that exists."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def go() -> dict[str, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap, request_timeout_ms=15000)
+        await admin.start()
+        try:
+            present = [n for n in names if n in set(await admin.list_topics())]
+            if not present:
+                return {}
+            return {d["topic"]: len(d["partitions"]) for d in await admin.describe_topics(present)}
+        finally:
+            await admin.close()
+
+    return asyncio.run(go())
+
+
+def topic_partition_findings(spec: ConnectorSpec, kafka_bootstrap: str, worker_partitions: int) -> list[Finding]:
+    """Captured topics that already exist with a partition count the worker refuses: correcting
+    the YAML does not change them (Kafka keeps a topic's count), deleting them does."""
+    names = [f"{spec.prefix}.{t.name}" for t in spec.tables]
+    try:
+        counts = topic_partitions(kafka_bootstrap, names)
+    except Exception as e:  # noqa: BLE001 - a plan reports what it could not check, it does not crash
+        return [Finding("warning", f"could not check the partitions of {spec.name}'s topics "
+                                   f"({type(e).__name__})", "is Kafka reachable at " + kafka_bootstrap + "?")]
+    return [Finding("warning", f"topic {name} has {n} partitions, the worker expects {worker_partitions}: "
+                               f"the worker refuses to start while it exists",
+                    f"`cdcstream connectors delete {spec.name} --drop-slot --topics`, then `cdcstream connectors "
+                    f"apply` (a fresh snapshot into topics with partitions: {spec.partitions})")
+            for name, n in sorted(counts.items()) if n != worker_partitions]
+
+
 def preflight_mariadb(spec: ConnectorSpec, creds: Credentials) -> list[Finding]:
     out: list[Finding] = []
     with connect_mariadb(spec, creds) as conn, conn.cursor() as cur:
@@ -387,6 +423,7 @@ def plan_connector(spec: ConnectorSpec, client: ConnectClient, creds: Credential
         pf = partitions_finding(spec, worker_partitions)
         if pf is not None:
             findings.append(pf)
+        findings += topic_partition_findings(spec, kafka_bootstrap, worker_partitions)
     if actual is None:
         action = "create"
     else:

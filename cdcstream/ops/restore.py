@@ -413,14 +413,20 @@ class PostgresTarget:
                 defs = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(_pg_type(c, items))) for c in columns]
                 conn.execute(sql.SQL("CREATE TABLE {} ({})").format(ident, sql.SQL(", ").join(defs)))
             total = 0
+            # Rows grouped by their columns (a column added or dropped over the table's life), each
+            # group sent with executemany (pipelined), in one transaction: all rows or none.
+            groups: dict[tuple[str, ...], list[list[Any]]] = {}
+            for _, row in items:
+                groups.setdefault(tuple(row), []).append(
+                    [Jsonb(v) if isinstance(v, (dict, list)) else v for v in row.values()])
+                total += len(json.dumps(row))
             with conn.cursor() as cur:
-                for _, row in items:
-                    cols = list(row)
-                    vals = [Jsonb(v) if isinstance(v, (dict, list)) else v for v in row.values()]
-                    total += len(json.dumps(row))
-                    cur.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+                for cols, values in groups.items():
+                    stmt = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
                         ident, sql.SQL(", ").join(map(sql.Identifier, cols)),
-                        sql.SQL(", ").join(sql.Placeholder() * len(cols))), vals)
+                        sql.SQL(", ").join(sql.Placeholder() * len(cols)))
+                    for i in range(0, len(values), 5000):
+                        cur.executemany(stmt, values[i:i + 5000])
             conn.commit()
         return total
 

@@ -112,12 +112,21 @@ def test_plan_warns_of_a_partition_count_the_worker_refuses_and_delete_removes_t
         assert r.returncode == 0, r.stdout + r.stderr
         p.wait("its topic", lambda: topic_partitions(p.connector).get(p.topic("orders")) == 2, timeout=120)
 
-        # What the user does next: delete the connector with its topics, correct the YAML, apply.
-        r = cli(p, "connectors", "delete", p.connector, "--drop-slot", "--topics", env=env)
+        # What the user does first: delete the connector (its slot, not its topics), correct the YAML.
+        r = cli(p, "connectors", "delete", p.connector, "--drop-slot", env=env)
         assert r.returncode == 0, r.stdout + r.stderr
-        assert f"deleted topic {p.topic('orders')}" in r.stdout, r.stdout
-        assert topic_partitions(p.connector) == {}
+        # The topics stay when only the connector goes: plan names them, with the fix.
         p.config_path.write_text(p.config_path.read_text().replace('"partitions": 2', '"partitions": 4'))
+        r = cli(p, "connectors", "apply", env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        p.wait("its topic, again", lambda: topic_partitions(p.connector).get(p.topic("orders")) == 2, timeout=120)
+        r = cli(p, "connectors", "plan", env=env)
+        assert (f"warning: topic {p.topic('orders')} has 2 partitions, the worker expects 4" in r.stdout
+                and "declares partitions" not in r.stdout), r.stdout
+        r = cli(p, "connectors", "delete", p.connector, "--drop-slot", "--topics", env=env)
+        assert r.returncode == 0 and f"deleted topic {p.topic('orders')}" in r.stdout, r.stdout + r.stderr
+        r = cli(p, "connectors", "plan", env=env)
+        assert "has 2 partitions" not in r.stdout and "declares partitions" not in r.stdout, r.stdout
         r = cli(p, "connectors", "apply", env=env)
         assert r.returncode == 0, r.stdout + r.stderr
         p.wait("its topic, 4 partitions", lambda: topic_partitions(p.connector).get(p.topic("orders")) == 4,
