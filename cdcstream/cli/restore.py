@@ -153,6 +153,8 @@ def register(main: click.Group) -> None:
         except Exception as e:  # noqa: BLE001 - an unreachable store or target: say which, exit 1
             _fail(f"restore failed: {type(e).__name__}: {e}")
         click.echo(result.summary())
+        for note in result.notes():
+            click.echo(note, err=True)
 
     @main.command("history")
     @click.argument("table")

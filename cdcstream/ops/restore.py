@@ -108,6 +108,10 @@ class Progress:
     skipped: int = 0
     events: int = 0
     bytes_read: int = 0
+    # Source times of the oldest and newest event read (skipped objects excluded).
+    oldest_ms: int | None = None
+    newest_ms: int | None = None
+    first_day: str | None = None  # the oldest dt= folder
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -156,6 +160,8 @@ def read_events(store: ArchiveStore, prefix: str, cut: Cut | None = None,
     names = asyncio.run(store.list(prefix))
     names = sorted((n for n in names if n.endswith(".jsonl.gz")), key=_order)
     prog.objects_total = len(names)
+    days = [d for d in map(_day_of, names) if d is not None]
+    prog.first_day = min(days) if days else None
     for name in names:
         prog.objects += 1
         day = _day_of(name)
@@ -171,6 +177,10 @@ def read_events(store: ArchiveStore, prefix: str, cut: Cut | None = None,
                 continue
             rec = json.loads(line)
             prog.events += 1
+            ts = int(rec.get("ts_source_ms") or rec.get("ts_event_ms") or 0)
+            if ts:
+                prog.oldest_ms = ts if prog.oldest_ms is None else min(prog.oldest_ms, ts)
+                prog.newest_ms = ts if prog.newest_ms is None else max(prog.newest_ms, ts)
             if cut is None or cut.includes(rec):
                 yield rec
         if on_progress:
@@ -201,6 +211,24 @@ class RestoreResult:
                 f"({self.progress.skipped} skipped), {self.progress.events:,} events, "
                 f"{human_bytes(self.progress.bytes_read)} read, {human_bytes(self.written_bytes)} written "
                 f"to {self.target} in {self.progress.seconds:.1f} s")
+
+    def notes(self) -> list[str]:
+        """What the user should know about the cut and the archive's coverage."""
+        p, out = self.progress, []
+        if self.cut.ts_ms is not None and p.oldest_ms is not None and self.cut.ts_ms < p.oldest_ms:
+            out.append(f"note: the cut is before the archive's oldest change ({_iso(p.oldest_ms)}): "
+                       f"the archive begins with the connector's snapshot")
+        elif self.cut.ts_ms is not None and p.oldest_ms is None and p.first_day and p.skipped == p.objects_total:
+            out.append(f"note: the cut is before the archive's oldest change (its first day is {p.first_day}): "
+                       f"the archive begins with the connector's snapshot")
+        if p.newest_ms is not None and self.cut.ts_ms is not None and self.cut.ts_ms > p.newest_ms:
+            out.append(f"note: the archive's newest change is from {_iso(p.newest_ms)}; later changes may still "
+                       f"wait in the worker for their object (archive_max_wait_s)")
+        return out
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
 
 
 def rebuild(events: Iterator[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any], int, int]:

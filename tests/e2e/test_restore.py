@@ -161,6 +161,7 @@ def test_restore_at_three_cuts_matches_the_source_then(tmp_path: Path,
         r = cli(p, "restore", "public.audit_log", "--as-of", "2000-01-01T00:00:00Z", "--to", "jsonl",
                 str(tmp_path / "empty.jsonl"))
         assert r.returncode == 0 and "0 rows" in r.stdout, r.stdout + r.stderr
+        assert "the cut is before the archive's oldest change" in r.stderr, r.stderr
 
         # The same objects in the stack's S3 object store, read from a host without the config.
         s3_restore(p, stack("objectstore"), ts3, rows3)

@@ -87,6 +87,11 @@ def test_restore_reads_objects_in_order_skips_later_days_and_writes_jsonl(tmp_pa
     assert res.progress.skipped == 1 and res.progress.objects_total == 3 and len(seen) == 3
     assert (tmp_path / "out.jsonl").read_text() == '{"id":1,"v":"a"}\n{"id":2,"v":"b"}\n'
     assert "2 rows" in res.summary() and "jsonl" in res.summary()
+    assert res.notes() == []  # the cut lies inside what the archive covers
+    early = r.restore_rows(store, "c", "public.t", r.parse_cut("2026-12-04T00:00:00Z"))
+    assert early.rows == {} and "before the archive's oldest change" in early.notes()[0]
+    late = r.restore_rows(store, "c", "public.t", r.parse_cut("2026-12-07T00:00:00Z"))
+    assert "newest change is from 2026-12-06T00:00:00.010+00:00" in late.notes()[0]
     res = r.restore(store, "c", "public.t", r.parse_cut("version=100"),
                     r.JsonlTarget(str(tmp_path / "now.jsonl.gz")))
     assert gzip.decompress((tmp_path / "now.jsonl.gz").read_bytes()) == b'{"id":1,"v":"a2"}\n'
