@@ -3,6 +3,9 @@ generation arithmetic, the finished-snapshot cell, the partitions finding, the V
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from cdcstream.core.config import ConnectorSpec
@@ -74,3 +77,29 @@ def test_a_vault_reference_without_vault_names_both_variables(monkeypatch: pytes
     with pytest.raises(SecretError) as e:
         Resolver().resolve(SecretRef.parse("vault:secret/x#y", where="t"))
     assert "VAULT_ADDR" in str(e.value) and "CDCSTREAM_VAULT_ADDR" in str(e.value) and NO_VAULT_HINT in str(e.value)
+
+
+def test_worker_config_option(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    import cdcstream.runtime.worker as worker_mod
+    from cdcstream.cli.main import main
+
+    # The command sets the variable in this process: recorded here first, so it is restored afterwards.
+    monkeypatch.setenv("CDCSTREAM_CONFIG", "unused.yaml")
+    monkeypatch.delenv("CDCSTREAM_CONFIG")
+    r = CliRunner().invoke(main, ["worker", "--config", str(tmp_path / "missing.yaml")])
+    assert r.exit_code == 2 and "missing.yaml" in r.output
+    conf = tmp_path / "mine.yaml"
+    conf.write_text("connectors:\n  - name: shop\n    connection: {kind: postgres, host: h, database: d, user: u,\n"
+                    "                 password: 'env:P'}\n    tables:\n      - name: public.t\n")
+    seen: list[str | None] = []
+    def supervise(args: list[str]) -> int:
+        seen.append(os.environ.get("CDCSTREAM_CONFIG"))
+        return 0
+
+    monkeypatch.setattr(worker_mod, "supervise", supervise)
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["worker", "--config", "mine.yaml"])
+    assert r.exit_code == 0, r.output
+    assert seen == [str(conf)]  # absolute: the worker process may run elsewhere
