@@ -52,6 +52,8 @@ class FaultPipeline:
     live: dict[str, set[int]] = field(default_factory=dict)
     next_id: dict[str, int] = field(default_factory=dict)
     changes: int = 0
+    # Settings that point the judge (verify) at the servers when the worker goes through proxies.
+    direct_env: dict[str, str] = field(default_factory=dict)
 
     # --- load ----------------------------------------------------------------------------
     def _sql(self, table: str, statement: str, params: tuple[Any, ...]) -> None:
@@ -141,8 +143,10 @@ class FaultPipeline:
 
     # --- judge ---------------------------------------------------------------------------
     def verify(self, table: str, *args: str, settle: float = 180) -> tuple[int, dict[str, Any], str]:
+        # The judge talks to the servers directly, never through the fault proxies.
         r = subprocess.run([sys.executable, "-m", "cdcstream.cli", "verify", table, "--json", "--settle",
-                            str(settle), *args], env=self.pg.env, cwd=ROOT, capture_output=True, text=True,
+                            str(settle), *args], env={**self.pg.env, **self.direct_env}, cwd=ROOT,
+                           capture_output=True, text=True,
                            timeout=settle + 300, check=False)
         report: dict[str, Any] = {}
         with contextlib.suppress(ValueError):
