@@ -59,7 +59,8 @@ def _crash_round(f: FaultPipeline, point: str | None, rng: random.Random, n: int
         time.sleep(0.5)
     # The point kills the worker with SIGKILL (the supervisor exits with the child's -9); any
     # other exit is a crash of its own, not the point (a RocksDB lock, a refused start...).
-    assert p.worker is not None and p.worker.returncode in (-signal.SIGKILL, 256 - signal.SIGKILL), (
+    assert p.worker is not None
+    assert p.worker.returncode in (-signal.SIGKILL, 256 - signal.SIGKILL), (
         f"the worker exited with {p.worker.returncode}, not at {point}:\n{p.worker_log()}")
     join(load)
     return f"crash point {point}"
