@@ -149,7 +149,39 @@ def keep_toast(row: dict[str, Any]) -> dict[str, Any]:
             if len(v) * 4 // 3 >= TOAST_MIN_BYTES:
                 out[k] = plain(v)
         elif isinstance(v, (dict, list)):
+            if _json_len_bound(v, TOAST_MIN_BYTES) < TOAST_MIN_BYTES:
+                continue  # small for sure: not converted and dumped just to measure it
             p = plain(v)
             if len(json.dumps(p, separators=(",", ":"))) >= TOAST_MIN_BYTES:
                 out[k] = p
     return out
+
+
+def _json_len_bound(v: Any, limit: int) -> int:
+    """An upper bound of ``len(json.dumps(plain(v), separators=(",", ":")))`` (ASCII-escaped),
+    cheap for small JSON values; counting stops once it reaches ``limit``. Types without a
+    cheap bound answer ``limit`` (measure them)."""
+    if v is None or isinstance(v, bool):
+        return 5
+    if isinstance(v, str):
+        return 2 + 12 * len(v)  # "\ud83d\ude00" for one astral character
+    if isinstance(v, int):
+        return 2 + len(str(v))
+    if isinstance(v, float):
+        return 26
+    n = 2
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if not isinstance(k, str):
+                return limit
+            n += 2 + _json_len_bound(k, limit) + _json_len_bound(x, limit)
+            if n >= limit:
+                return n
+        return n
+    if isinstance(v, list):
+        for x in v:
+            n += 1 + _json_len_bound(x, limit)
+            if n >= limit:
+                return n
+        return n
+    return limit

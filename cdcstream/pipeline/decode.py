@@ -344,6 +344,81 @@ def convert_struct(value: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[
     return {f["field"]: convert(value.get(f["field"]), f) for f in schema.get("fields", ())}
 
 
+# --- converters compiled once per schema -------------------------------------------
+# ``convert`` walks the schema for every value of every event; a topic's records carry the
+# same schema again and again, so the walk is done once per distinct schema instead: a
+# compiled converter is a function of the value alone (None: the value as it is). They give
+# exactly what ``convert`` gives (tests/unit/pipeline/test_decode.py compares them).
+ValueConv = Callable[[Any], Any]
+
+
+def _none_or(f: Callable[[Any], Any]) -> ValueConv:
+    return lambda v: None if v is None else f(v)
+
+
+def compile_schema(schema: Mapping[str, Any]) -> ValueConv | None:
+    """``convert(value, schema)`` as a function of the value; None when it is the identity."""
+    name = schema.get("name")
+    if name is not None:
+        conv = LOGICAL.get(name)
+        if conv is not None:
+            if conv is _identity:
+                return None
+            if conv is _decimal:
+                return _compile_decimal(schema)
+            return lambda v: conv(v, schema)
+    typ = schema.get("type")
+    if typ == "bytes":
+        return _none_or(base64.b64decode)
+    if typ in ("float", "double", "float32", "float64"):
+        return _float  # None passes through
+    if typ == "string" and is_string_decimal(schema):
+        return _string_decimal
+    if typ == "struct":
+        return _none_or(compile_struct(schema))
+    if typ == "array":
+        item = compile_schema(schema.get("items", {}))
+        if item is None:
+            return _none_or(list)
+        return _none_or(lambda value: [item(v) for v in value])
+    if typ == "map":
+        vs = compile_schema(schema.get("values", {}))
+        if vs is None:
+            return _none_or(dict)
+        return _none_or(lambda value: {k: vs(v) for k, v in value.items()})
+    return None
+
+
+def _compile_decimal(schema: Mapping[str, Any]) -> ValueConv:
+    """``_decimal`` with the schema read once (its scale)."""
+    try:
+        scale = int(schema.get("parameters", {}).get("scale", 0))
+    except (TypeError, ValueError, AttributeError):
+        return lambda v: _decimal(v, schema)  # fails, if at all, exactly where _decimal does
+    text_is_decimal = not _looks_b64_bytes(schema)
+
+    def dec(value: Any) -> Decimal | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            if text_is_decimal:
+                return Decimal(value)
+        elif isinstance(value, (int, float)):
+            return Decimal(str(value))
+        return _exact(int.from_bytes(base64.b64decode(value), "big", signed=True), scale)
+    return dec
+
+
+def compile_struct(schema: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """``convert_struct(value, schema)`` as a function of the value."""
+    fields = [(f["field"], compile_schema(f)) for f in schema.get("fields", ())]
+
+    def conv(value: Mapping[str, Any]) -> dict[str, Any]:
+        get = value.get
+        return {name: get(name) if c is None else c(get(name)) for name, c in fields}
+    return conv
+
+
 def _field_schema(envelope: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     for f in envelope.get("fields", ()):
         if f.get("field") == name:
@@ -369,16 +444,82 @@ def is_unavailable(raw: Any) -> bool:
     return False
 
 
-def _row(raw: Mapping[str, Any], schema: Mapping[str, Any]) -> tuple[dict[str, Any], frozenset[str]]:
+_MAYBE_UNAVAILABLE = (str, list, dict)
+
+
+def _row(raw: Mapping[str, Any], conv: Callable[[Mapping[str, Any]], dict[str, Any]]) -> tuple[
+        dict[str, Any], frozenset[str]]:
     """The converted row and its unavailable columns, which are left out: the placeholder is
     never converted (a jsonb column's placeholder is not JSON, a bytea's not the value)."""
-    gone = frozenset(k for k, v in raw.items() if v is not None and is_unavailable(v))
+    gone = frozenset(k for k, v in raw.items() if isinstance(v, _MAYBE_UNAVAILABLE) and is_unavailable(v))
     if not gone:
-        return convert_struct(raw, schema), gone
-    row = convert_struct({k: (None if k in gone else v) for k, v in raw.items()}, schema)
+        return conv(raw), gone
+    row = conv({k: (None if k in gone else v) for k, v in raw.items()})
     for k in gone:
         row.pop(k, None)
     return row, gone
+
+
+class _Envelope:
+    """What one value schema compiles to: the converters of ``before`` and ``after``."""
+
+    __slots__ = ("after", "before", "row_schema")
+
+    def __init__(self, schema: Mapping[str, Any]) -> None:
+        before_schema, after_schema = _field_schema(schema, "before"), _field_schema(schema, "after")
+        self.before = compile_struct(before_schema)
+        self.after = compile_struct(after_schema)
+        # One dict per schema, shared by its events (read only downstream).
+        self.row_schema: dict[str, Any] | None = dict(after_schema or before_schema) or None
+
+
+# JsonConverter writes {"schema":...,"payload":...} compactly, schema first. The bytes up to
+# the payload are the cache key: a schema is parsed and compiled once, afterwards only the
+# payload is parsed. A split is trusted only once the full parse confirmed it for that exact
+# prefix; anything else (other shapes, whitespace, a schema text containing the separator)
+# takes the full path every time.
+_HEAD = b'{"schema":'
+_SPLIT = b',"payload":'
+_CACHE_MAX = 1024
+_ENVELOPES: dict[bytes, _Envelope] = {}
+_KEYS: dict[bytes, Callable[[Mapping[str, Any]], dict[str, Any]]] = {}
+
+
+def _split_at(raw: bytes | str) -> int:
+    if not isinstance(raw, bytes) or not raw.startswith(_HEAD) or not raw.endswith(b"}"):
+        return -1
+    return raw.find(_SPLIT)
+
+
+def _remember(cache: dict[bytes, Any], raw: bytes, at: int, schema: Any, compiled: Any) -> None:
+    """Cache ``compiled`` under ``raw``'s schema bytes once they parse to exactly ``schema``."""
+    if at < 0:
+        return
+    try:
+        if json.loads(raw[len(_HEAD):at]) != schema:
+            return
+    except ValueError:
+        return
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[raw[:at]] = compiled
+
+
+def _cached_payload(cache: dict[bytes, Any], raw: bytes | str | None) -> tuple[Any, Any, int]:
+    """(compiled, payload, split) from the cache, or (None, None, split) for the full path."""
+    if raw is None:
+        return None, None, -1
+    at = _split_at(raw)
+    if at < 0:
+        return None, None, at
+    assert isinstance(raw, bytes)
+    compiled = cache.get(raw[:at])
+    if compiled is None:
+        return None, None, at
+    try:
+        return compiled, json.loads(raw[at + len(_SPLIT):-1]), at
+    except ValueError:
+        return None, None, at  # the full path says what is wrong with it
 
 
 # --- records ----------------------------------------------------------------------
@@ -434,7 +575,12 @@ def decode(
     """
     if value is None:
         return None
-    vschema, payload = _envelope(parse_json(value, "value"), "value")
+    env, payload, at = _cached_payload(_ENVELOPES, value)
+    if env is None:
+        vschema, payload = _envelope(parse_json(value, "value"), "value")
+        env = _Envelope(vschema)
+        if isinstance(value, bytes):
+            _remember(_ENVELOPES, value, at, vschema, env)
     if not isinstance(payload, dict):
         raise DecodeError("value payload is not a JSON object")
     op_raw = payload.get("op")
@@ -461,19 +607,23 @@ def decode(
         table = TableId(str(source.get("name", "")), db, str(source.get("schema") or db), str(source.get("table", "")))
 
     before_raw, after_raw = payload.get("before"), payload.get("after")
-    before_schema, after_schema = _field_schema(vschema, "before"), _field_schema(vschema, "after")
-    before = _row(before_raw, before_schema)[0] if before_raw is not None else None
-    after, unavailable = _row(after_raw, after_schema) if after_raw is not None else (None, frozenset())
+    before = _row(before_raw, env.before)[0] if before_raw is not None else None
+    after, unavailable = _row(after_raw, env.after) if after_raw is not None else (None, frozenset())
 
     if op is Op.TRUNCATE:
         key_dict: dict[str, Any] = {}
     else:
-        kdoc = parse_json(key, "key")
-        if kdoc is None:
-            raise DecodeError(f"{op.name.lower()} event without a key: the table has no primary key and no "
-                              f"message.key.columns; set id columns for it in the config")
-        kschema, kpayload = _envelope(kdoc, "key")
-        key_dict = convert_struct(kpayload, kschema)
+        kconv, kpayload, kat = _cached_payload(_KEYS, key)
+        if kconv is None:
+            kdoc = parse_json(key, "key")
+            if kdoc is None:
+                raise DecodeError(f"{op.name.lower()} event without a key: the table has no primary key and no "
+                                  f"message.key.columns; set id columns for it in the config")
+            kschema, kpayload = _envelope(kdoc, "key")
+            kconv = compile_struct(kschema)
+            if isinstance(key, bytes):
+                _remember(_KEYS, key, kat, kschema, kconv)
+        key_dict = kconv(kpayload)
     if op in (Op.CREATE, Op.UPDATE, Op.READ) and after is None:
         raise DecodeError(f"op {op.value!r} without 'after'")
     tx = payload.get("transaction")
@@ -490,5 +640,5 @@ def decode(
         origin=origin,
         unavailable=unavailable,
         tx_id=str(tx["id"]) if isinstance(tx, dict) and tx.get("id") is not None else None,
-        row_schema=dict(after_schema or before_schema) or None,
+        row_schema=env.row_schema,
     )

@@ -102,6 +102,7 @@ class BatchProcessor:
         full_rows: list[tuple[int, ChangeEvent, Route, RowState | None]] = []
         toast_missing: list[tuple[int, ChangeEvent, Route, RowState | None, list[IndexOp]]] = []
         mappings: dict[str, dict[str, Any]] = {}
+        mapped: dict[str, dict[str, Any]] = {}  # alias -> the row schema its mapping was made from
         seen: dict[str, RowState | None] = {}
         truncates: list[tuple[int, ChangeEvent, Route]] = []
 
@@ -160,7 +161,9 @@ class BatchProcessor:
                     if missing:
                         toast_missing.append((i, ev, route, state, []))
                 new_state.toast = keep_toast(ev.after)
-                if ev.row_schema:
+                if ev.row_schema and mapped.get(route.alias) is not ev.row_schema:
+                    # Once per schema and batch: decoding shares one row schema among its events.
+                    mapped[route.alias] = ev.row_schema
                     mappings[route.alias] = row_mapping(ev.row_schema, route.table.text_columns)
                 index_ops.append(IndexOp("index", route.alias, ev.doc_id, ev.position.version, ref=i))
                 if profile.embeds:

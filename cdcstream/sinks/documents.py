@@ -87,9 +87,30 @@ def jsonable(v: Any, schema: dict[str, Any] | None = None) -> Any:
     return plain(v)
 
 
+_POINT_SCHEMA = {"name": POINT}
+# id(row schema) -> (the schema, its point columns). Decoding shares one row schema dict among
+# the events of a schema (pipeline/decode.py), so this is read once per schema, not per event;
+# the schema is kept with its entry, so its id cannot be reused while cached.
+_POINT_COLUMNS: dict[int, tuple[dict[str, Any], frozenset[str]]] = {}
+
+
+def _point_columns(row_schema: dict[str, Any] | None) -> frozenset[str]:
+    if not row_schema:
+        return frozenset()
+    hit = _POINT_COLUMNS.get(id(row_schema))
+    if hit is not None and hit[0] is row_schema:
+        return hit[1]
+    cols = frozenset(f["field"] for f in row_schema.get("fields", ()) if f.get("name") == POINT)
+    if len(_POINT_COLUMNS) >= 1024:
+        _POINT_COLUMNS.clear()
+    _POINT_COLUMNS[id(row_schema)] = (row_schema, cols)
+    return cols
+
+
 def row_document(ev: ChangeEvent, row: dict[str, Any]) -> dict[str, Any]:
-    fields = {f["field"]: f for f in (ev.row_schema or {}).get("fields", ())}
-    doc = {k: v.epoch_ms if isinstance(v, FarTime) else jsonable(v, fields.get(k)) for k, v in row.items()}
+    points = _point_columns(ev.row_schema)
+    doc = {k: v.epoch_ms if isinstance(v, FarTime) else jsonable(v, _POINT_SCHEMA) if k in points else plain(v)
+           for k, v in row.items()}
     meta: dict[str, Any] = {"op": ev.op.value, "version": ev.position.version, "position": ev.position.text,
                             "ts_source": ev.ts_source_ms, "table": str(ev.table), "key": key_text(ev.key)}
     special = {k: v.text for k, v in row.items() if isinstance(v, FarTime)}

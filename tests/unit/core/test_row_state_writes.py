@@ -27,3 +27,19 @@ def test_toast_values_are_written_when_they_change() -> None:
 
 def test_a_chunk_list_left_by_the_full_profile_is_replaced() -> None:
     assert worth_writing(RowState(version=1, chunks={"body": ["h"]}), RowState(version=2))
+
+
+def test_toast_size_bound_never_underestimates() -> None:
+    import json
+    from decimal import Decimal
+
+    from cdcstream.core.events import plain
+    from cdcstream.core.route import TOAST_MIN_BYTES, _json_len_bound, keep_toast
+
+    values = [{"gift": True, "tags": ["a", "b"]}, {"n": None, "x": 1.5e300, "i": -(10**30)}, ["\U0001f600" * 150],
+              {"k": "é" * 300}, [float("nan"), float("-inf")], {"d": Decimal("1.5")}, [[[]]], {"a": {"b": [1, 2]}}]
+    for v in values:
+        assert _json_len_bound(v, 10**9) >= len(json.dumps(plain(v), separators=(",", ":")))
+    assert keep_toast({"j": ["\U0001f600" * 150]}) == {"j": ["\U0001f600" * 150]}  # 1,802 escaped characters
+    assert keep_toast({"j": {"gift": True}}) == {}
+    assert TOAST_MIN_BYTES == 1800
