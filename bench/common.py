@@ -396,6 +396,53 @@ def watch(progress: Callable[[], tuple[int, bool]], t0: float, timeout: float, e
         time.sleep(every)
 
 
+# --- CPU time -------------------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (/proc; 0 if gone)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            for t in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (t / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+class CpuMeter:
+    """Wraps a progress check: the CPU seconds of ``pid`` when the sink first shows data and when
+    it shows the final state, so ``us_per_record`` is the steady span's CPU per record (the same
+    span as the steady rate; start-up excluded)."""
+
+    def __init__(self, progress: Callable[[], tuple[int, bool]], pid: Callable[[], int]) -> None:
+        self.progress, self.pid = progress, pid
+        self.first: float | None = None
+        self.done: float | None = None
+        self.last = 0.0
+
+    def __call__(self) -> tuple[int, bool]:
+        n, done = self.progress()
+        # Read on every poll: a baseline may have exited (its /proc gone) by the time the sink
+        # shows the final state, and its last reading is then the closest one.
+        now = cpu_seconds(self.pid()) or self.last
+        self.last = now
+        if n > 0 and self.first is None:
+            self.first = now
+        if done and self.done is None:
+            self.done = now
+        return n, done
+
+    def us_per_record(self, records: int) -> float | None:
+        if self.first is None or self.done is None or records <= 0:
+            return None
+        return round((self.done - self.first) * 1e6 / records, 1)
+
+
 # --- the real worker -----------------------------------------------------------------------
 @dataclass
 class WorkerProc:
@@ -463,6 +510,8 @@ def worker_env(app_id: str, config: Path, partitions: int, **settings: str) -> d
     env.update({"CDCSTREAM_APP_ID": app_id, "CDCSTREAM_CONFIG": str(config), "CDCSTREAM_PARTITIONS": str(partitions),
                 "CDCSTREAM_BENCH_UNUSED_PASSWORD": "unused", "CDCSTREAM_EMBED_URL": ""})
     env.update({f"CDCSTREAM_{k.upper()}": v for k, v in settings.items()})
+    # Worker settings to try without editing the scenario: BENCH_CDCSTREAM_BATCH_SIZE=2000 -> CDCSTREAM_BATCH_SIZE.
+    env.update({k.removeprefix("BENCH_"): v for k, v in os.environ.items() if k.startswith("BENCH_CDCSTREAM_")})
     return env
 
 

@@ -160,8 +160,9 @@ def _run_baseline(kind: str, args: list[str], progress: Callable[[], tuple[int, 
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "bench.baselines", kind, *args, "--records", str(records)],
                             cwd=common.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    meter = common.CpuMeter(progress, lambda: proc.pid)
     try:
-        vis = common.watch(progress, t0, timeout, alive=lambda: proc.poll() in (None, 0))
+        vis = common.watch(meter, t0, timeout, alive=lambda: proc.poll() in (None, 0))
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -170,7 +171,12 @@ def _run_baseline(kind: str, args: list[str], progress: Callable[[], tuple[int, 
     if proc.returncode != 0:
         raise RuntimeError(f"baseline failed: {err.decode()[-2000:]}")
     consumed = int(json.loads(out.decode().strip().splitlines()[-1])["consumed"])
-    return {**_rates(records, vis, kind == "archive"), "consumed": consumed}
+    return {**_rates(records, vis, kind == "archive"), "consumed": consumed,
+            "cpu_us_per_record": meter.us_per_record(_steady_records(records, vis, kind == "archive"))}
+
+
+def _steady_records(records: int, vis: common.Visibility, units_are_records: bool) -> int:
+    return records - (vis.first_units if units_are_records else 0)
 
 
 def _run_workers(tmp: Path, app_id: str, env: dict[str, str], progress: Callable[[], tuple[int, bool]], records: int,
@@ -199,8 +205,10 @@ def _run_workers(tmp: Path, app_id: str, env: dict[str, str], progress: Callable
                                                       tmp / f"{app_id}.pyspy")
             th = threading.Thread(target=prof, daemon=True)
             th.start()
+        # CPU of every worker process (supervisor and worker) over the steady span.
+        meter = common.CpuMeter(progress, lambda: procs[0].proc.pid if procs[0].proc else 0)
         try:
-            vis = common.watch(progress, t0, timeout, alive=lambda: all(w.alive() for w in procs), stall_s=stall_s)
+            vis = common.watch(meter, t0, timeout, alive=lambda: all(w.alive() for w in procs), stall_s=stall_s)
         except common.Stalled as e:
             # Reported, not raised: a stalled run is a result (scale-out), with what Kafka says.
             import asyncio
@@ -220,6 +228,8 @@ def _run_workers(tmp: Path, app_id: str, env: dict[str, str], progress: Callable
         for w in procs:
             w.stop()
     out = {**_rates(records, vis, units_are_records), **counters}
+    if workers == 1:
+        out["cpu_us_per_record"] = meter.us_per_record(_steady_records(records, vis, units_are_records))
     if profile:
         out["profile"] = common.summarize_profile(profile)
     return out
@@ -548,6 +558,13 @@ def _markdown(r: dict[str, Any], title: str, baseline: str) -> str:
         f"{r['median_cdcstream_wall_rate']:.0f} | {r['ratio_wall_rate']:.2f} |",
         f"| start-up, process start → first visible (s) | {median([x['first_visible_s'] for x in r['baseline']]):.1f}"
         f" | {median([x['first_visible_s'] for x in r['cdcstream']]):.1f} | |",
+    ]
+    bcpu = median([x["cpu_us_per_record"] for x in r["baseline"] if x.get("cpu_us_per_record")] or [0])
+    ccpu = median([x["cpu_us_per_record"] for x in r["cdcstream"] if x.get("cpu_us_per_record")] or [0])
+    if bcpu and ccpu:
+        lines.append(f"| CPU per record, steady span (µs; worker: supervisor + worker process) | {bcpu:.0f} | "
+                     f"{ccpu:.0f} | {bcpu / ccpu:.2f} |")
+    lines += [
         "",
         f"Per-run steady ratios: {per_run} (median {r['ratio_median_of_runs']:.2f}).",
     ]
