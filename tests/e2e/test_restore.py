@@ -1,10 +1,10 @@
 """Point-in-time restore from the archive (issue 20 part 1), on the real stack: a table with
 inserts, updates, deletes and a delete-then-insert of one key, archived over many objects (4
 records each), restored at three cuts (two times, one source position), and a fourth after a
-TRUNCATE, into a JSON Lines file,
-a PostgreSQL table (created by the restore, and one created beforehand like the source) and an
-Elasticsearch index; each compared row by row with the source as queried at that moment. Then
-`cdcstream history` lists every version of one row."""
+TRUNCATE, into JSON Lines files, a PostgreSQL table (created by the restore, and one created
+beforehand like the source) and an Elasticsearch index; each compared row by row with the
+source as queried at that moment. Then `cdcstream history` lists every version of one row. The
+same on MariaDB, by binlog position and by time."""
 
 from __future__ import annotations
 
@@ -194,3 +194,91 @@ def s3_restore(p: Pipeline, info: dict[str, Any], cut: str, expected: Rows) -> N
     finally:
         for k in keys:
             client.delete_object(Bucket=info["bucket"], Key=k)
+
+
+# --- MariaDB: binlog positions and second-precision times ------------------------------------------
+MARIA_SCHEMA = ["CREATE TABLE `{db}`.items (id INT PRIMARY KEY, name VARCHAR(64) NOT NULL, qty INT NOT NULL)",
+                "INSERT INTO `{db}`.items VALUES (1, 'a', 1), (2, 'b', 2), (3, 'c', 3), (4, 'd', 4)"]
+
+
+def test_restore_a_mariadb_table_by_binlog_position_and_time(tmp_path: Path,
+                                                             require: Callable[[str], dict[str, Any]]) -> None:
+    """The same on MariaDB: a cut by binlog position (`SHOW MASTER STATUS`) and one by time (the
+    binlog stamps whole seconds, so the changes after a time cut start in the next second)."""
+    import os
+    import signal
+
+    from tests.integration.lifecycle_support import maria_source
+    from tests.support import delete_topics, free_port, topics_starting, wait_until
+
+    for svc in ("mariadb", "kafka", "connect", "elasticsearch"):
+        require(svc)
+    with maria_source(tmp_path, MARIA_SCHEMA, []) as src:
+        table = f"{src.db}.items"
+        src.write_config([{"name": table, "profile": "archive"}])
+        archive = tmp_path / "archive"
+        app_id = f"e2e-rst-{src.tag}"
+        env = {**os.environ, **src.env, "CDCSTREAM_APP_ID": app_id, "CDCSTREAM_DATA_DIR": str(tmp_path / "worker"),
+               "CDCSTREAM_WEB_PORT": str(free_port()), "CDCSTREAM_PARTITIONS": "1",
+               "CDCSTREAM_ARCHIVE_URL": f"file://{archive}", "CDCSTREAM_ARCHIVE_MAX_RECORDS": "3",
+               "CDCSTREAM_ARCHIVE_MAX_WAIT_S": "1", "CDCSTREAM_BATCH_WAIT_S": "0.2"}
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "cdcstream.cli", *args], env=env, cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=300, check=False)
+
+        def archived() -> int:
+            return sum(len(gzip.decompress(f.read_bytes()).splitlines()) for f in archive.rglob("*.jsonl.gz"))
+
+        def source_rows() -> Rows:
+            return [tuple(x) for x in src.sql("SELECT id, name, qty FROM items ORDER BY id")]
+
+        def position_cut() -> tuple[str, Rows]:
+            # SHOW MASTER STATUS: where the next event goes; everything before it is in the cut.
+            row = src.sql("SHOW MASTER STATUS", root=True)[0]
+            return f"{row[0]}:{int(row[1]) - 1}", source_rows()
+
+        def time_cut() -> tuple[str, Rows]:
+            (now,), = src.sql("SELECT DATE_FORMAT(UTC_TIMESTAMP(3), '%Y-%m-%dT%H:%i:%s.%fZ')")
+            rows = source_rows()
+            time.sleep(1.1)  # the binlog's clock has whole seconds: later changes in a later one
+            return str(now), rows
+
+        log = (tmp_path / "worker.log").open("ab")
+        worker: subprocess.Popen[bytes] | None = None
+        try:
+            r = run("connectors", "apply")
+            assert r.returncode == 0, r.stdout + r.stderr
+            worker = subprocess.Popen([sys.executable, "-m", "cdcstream.cli", "worker"], env=env, cwd=tmp_path,
+                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            wait_until(lambda: archived() == 4, 180, what="the snapshot archived")
+            time.sleep(1.1)  # the snapshot's second is over
+            src.sql("INSERT INTO items VALUES (5, 'e', 5), (6, 'f', 6)")
+            src.sql("UPDATE items SET qty = qty + 10 WHERE id IN (1, 2)")
+            src.sql("DELETE FROM items WHERE id = 3")
+            pos1, rows1 = position_cut()
+            src.sql("UPDATE items SET name = 'z' WHERE id = 1")
+            src.sql("DELETE FROM items WHERE id IN (2, 5)")
+            src.sql("INSERT INTO items VALUES (3, 'again', 30)")
+            ts2, rows2 = time_cut()
+            src.sql("UPDATE items SET qty = 0")
+            src.sql("INSERT INTO items VALUES (7, 'g', 7)")
+            wait_until(lambda: archived() == 4 + 2 + 2 + 1 + 1 + 2 + 1 + 4 + 1, 120, what="every change archived")
+            assert rows1 != rows2 != source_rows()
+
+            out = tmp_path / "pos1.jsonl"
+            r = run("restore", table, "--as-of", pos1, "--to", "jsonl", str(out))
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert [(x["id"], x["name"], x["qty"]) for x in map(json.loads, out.read_text().splitlines())] == rows1
+            out = tmp_path / "ts2.jsonl"
+            r = run("restore", table, "--as-of", ts2, "--to", "jsonl", str(out))
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert [(x["id"], x["name"], x["qty"]) for x in map(json.loads, out.read_text().splitlines())] == rows2
+            r = run("history", table, "3")
+            assert [x.split()[2] for x in r.stdout.splitlines()] == ["snapshot", "delete", "insert", "update"], \
+                r.stdout + r.stderr
+        finally:
+            if worker is not None and worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(60)
+            delete_topics(topics_starting(app_id))
