@@ -342,7 +342,8 @@ def connectors_delete(name: str, drop_slot: bool, with_topics: bool, config_path
 @click.option("--filter", "filter_sql", default=None, help="SQL condition: only matching rows are re-emitted.")
 @config_option
 def connectors_snapshot(name: str, table: str, filter_sql: str | None, config_path: str | None) -> None:
-    """Incremental snapshot of TABLE (as written in the config) through Debezium's signal table."""
+    """Incremental snapshot of TABLE (as written in the config) through Debezium's signal table
+    (or the Kafka signal topic of a read_only connector)."""
     from cdcstream.core.resolver import Resolver
     from cdcstream.core.secrets import SecretError
     from cdcstream.ops.credentials import resolve_credentials
@@ -354,7 +355,7 @@ def connectors_snapshot(name: str, table: str, filter_sql: str | None, config_pa
                            f"{', '.join(t.name for t in spec.tables)}"))
     try:
         sid = signal_snapshot(spec, resolve_credentials(spec, Resolver()), [table],
-                              {table: filter_sql} if filter_sql else None)
+                              {table: filter_sql} if filter_sql else None, kafka_bootstrap=_settings().kafka_bootstrap)
     except (SecretError, OSError) as e:
         _fail(e)
     click.echo(f"snapshot signal {sid} sent for {table}" + (f" (rows where {filter_sql})" if filter_sql else ""))

@@ -237,6 +237,9 @@ class ConnectorSpec(_Model):
     )
     heartbeat_interval_ms: int = Field(default=10_000, ge=0)
     signal_table: str | None = Field(default=None, description="schema.table of Debezium's signal table")
+    read_only: bool = Field(default=False, description="MariaDB/MySQL: capture without writing to the source (no "
+                                                       "signal or heartbeat table): incremental snapshots are "
+                                                       "signalled through Kafka and watermarked by GTIDs")
     partitions: int = Field(default=4, ge=1, le=1024, description="Partitions of every topic the connector creates")
     server_id: int | None = Field(default=None, ge=1, le=2**32 - 1, description="MariaDB/MySQL replica server id")
     extra: dict[str, str] = Field(default_factory=dict, description="Extra Debezium properties, passed through")
@@ -270,6 +273,15 @@ class ConnectorSpec(_Model):
         if not _NAME.match(v):
             raise ValueError(f"connector name {v!r}: lowercase letters, digits, '.', '_' and '-' only")
         return v
+
+    @model_validator(mode="after")
+    def _read_only(self) -> ConnectorSpec:
+        if self.read_only and self.connection.kind == "postgres":
+            raise ValueError("read_only: MariaDB/MySQL only (a PostgreSQL connector needs its publication and "
+                             "signal table in the source)")
+        if self.read_only and self.signal_table:
+            raise ValueError("signal_table and read_only exclude each other: read_only signals through Kafka")
+        return self
 
     @model_validator(mode="after")
     def _unique_tables(self) -> ConnectorSpec:

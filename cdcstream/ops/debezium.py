@@ -20,9 +20,13 @@ Choices made here, for every connector (docs/connectors.md explains them to oper
 * PostgreSQL: pgoutput; slot and publication names derived from the connector name;
   ``publication.autocreate.mode=disabled`` because ``cdcstream connectors apply`` creates
   the publication itself (owned by the table owner, so a revocable dynamic user never owns it).
-* Truncate: PostgreSQL emits op ``t`` (``skipped.operations=none``); the mirror drops the
-  table's documents. DDL: PostgreSQL emits none (new columns simply appear); MariaDB writes
-  DDL to the schema-change topic ``<prefix>``, which the worker logs and otherwise ignores.
+* Truncate: PostgreSQL and MariaDB/MySQL emit op ``t`` (``skipped.operations=none``; the binlog
+  connectors turn a ``TRUNCATE TABLE`` statement into one); the mirror drops the table's
+  documents. DDL: PostgreSQL emits none (new columns simply appear); MariaDB writes DDL to the
+  schema-change topic ``<prefix>``, which the worker logs and otherwise ignores.
+* ``read_only`` (MariaDB/MySQL): no signal or heartbeat table in the source; ``read.only=true``
+  (incremental-snapshot windows bounded by GTIDs) and signals through the Kafka topic
+  ``_cdcstream.signals.<name>`` (``signal_topic``), which ``connectors apply`` creates.
 """
 
 from __future__ import annotations
@@ -72,6 +76,12 @@ def schema_history_topic(spec: ConnectorSpec) -> str:
     return f"_cdcstream.schema-history.{spec.name}"
 
 
+def signal_topic(spec: ConnectorSpec) -> str:
+    """``read_only`` connectors: the Kafka topic Debezium reads signals from (one partition, keyed
+    by the topic prefix); deleted with the connector by ``delete --drop-slot``."""
+    return f"_cdcstream.signals.{spec.name}"
+
+
 def signal_table(spec: ConnectorSpec) -> str:
     """schema.table (PostgreSQL) or database.table (MariaDB) of the signal table."""
     if spec.signal_table:
@@ -100,8 +110,10 @@ def include_pattern(table: str) -> str:
 
 
 def captured_tables(spec: ConnectorSpec) -> list[str]:
-    """Every table Debezium captures: the configured ones, the signal table and the heartbeat table."""
-    return [t.name for t in spec.tables] + [signal_table(spec), heartbeat_table(spec)]
+    """Every table Debezium captures: the configured ones, the signal table and the heartbeat table
+    (a ``read_only`` connector has neither)."""
+    own = [] if spec.read_only else [signal_table(spec), heartbeat_table(spec)]
+    return [t.name for t in spec.tables] + own
 
 
 def build(spec: ConnectorSpec, *, user: str, password: str, kafka_bootstrap: str = "127.0.0.1:9092",
@@ -158,14 +170,30 @@ def build(spec: ConnectorSpec, *, user: str, password: str, kafka_bootstrap: str
         cfg.update({
             "database.server.id": str(server_id(spec)),
             "database.include.list": _re(spec.connection.database),
-            "signal.data.collection": signal_table(spec),
             "schema.history.internal.kafka.bootstrap.servers": kafka_bootstrap,
             "schema.history.internal.kafka.topic": schema_history_topic(spec),
             "include.schema.changes": "true",
-            "heartbeat.action.query": (
-                f"INSERT INTO {heartbeat_table(spec)} (id, ts) VALUES (1, NOW(6)) "  # noqa: S608
-                f"ON DUPLICATE KEY UPDATE ts = VALUES(ts)"),
+            # TRUNCATE TABLE in the binlog becomes a truncate event (op t), as on PostgreSQL (the
+            # connector's default skips them, leaving the truncated rows in the mirror).
+            "skipped.operations": "none",
         })
+        if spec.read_only:
+            # Nothing is written to the source: signals come through Kafka, and the incremental
+            # snapshot's chunk windows are bounded by GTIDs instead of signal-table inserts.
+            cfg.update({
+                "read.only": "true",
+                "signal.enabled.channels": "kafka",
+                "signal.kafka.topic": signal_topic(spec),
+                "signal.kafka.bootstrap.servers": kafka_bootstrap,
+                "signal.kafka.groupId": signal_topic(spec),
+            })
+        else:
+            cfg.update({
+                "signal.data.collection": signal_table(spec),
+                "heartbeat.action.query": (
+                    f"INSERT INTO {heartbeat_table(spec)} (id, ts) VALUES (1, NOW(6)) "  # noqa: S608
+                    f"ON DUPLICATE KEY UPDATE ts = VALUES(ts)"),
+            })
         if spec.connection.tls.mode != "prefer":
             # The two connectors spell the modes differently (MariaDB's has no "preferred").
             modes = MARIADB_SSL_MODES if kind == "mariadb" else MYSQL_SSL_MODES
@@ -178,7 +206,7 @@ def build(spec: ConnectorSpec, *, user: str, password: str, kafka_bootstrap: str
     if inc:
         # Tables without an include list keep all their columns.
         inc += [f"{_re(t.name)}\\..*" for t in spec.tables if not t.include_columns]
-        inc += [f"{_re(n)}\\..*" for n in (signal_table(spec), heartbeat_table(spec))]
+        inc += [f"{_re(n)}\\..*" for n in captured_tables(spec)[len(spec.tables):]]
         cfg["column.include.list"] = ",".join(inc)
     if exc:
         cfg["column.exclude.list"] = ",".join(exc)

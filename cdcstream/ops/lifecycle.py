@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -239,8 +240,15 @@ def delete_connector(client: ConnectClient, spec: ConnectorSpec, creds: Credenti
         for line in drop_slot_and_publication(spec, creds):
             log_fn(line)
     else:
-        for topic in _delete_topics(kafka_bootstrap, [debezium.schema_history_topic(spec)]):
-            log_fn(f"deleted schema-history topic {topic}")
+        _delete_binlog_topics(kafka_bootstrap, spec, log_fn)
+
+
+def _delete_binlog_topics(kafka_bootstrap: str, spec: ConnectorSpec, log_fn: Callable[[str], None]) -> None:
+    """MariaDB/MySQL: the schema history, and the Kafka signal topic (a re-created connector would
+    otherwise replay old signals)."""
+    history, signals = debezium.schema_history_topic(spec), debezium.signal_topic(spec)
+    for topic in _delete_topics(kafka_bootstrap, [history, signals]):
+        log_fn(f"deleted {'schema-history' if topic == history else 'signal'} topic {topic}")
 
 
 def _connector_topics(kafka_bootstrap: str, spec: ConnectorSpec | str) -> list[str]:
@@ -284,8 +292,7 @@ def remove_connector(client: ConnectClient, spec: ConnectorSpec, creds: Credenti
         for line in drop_slot_and_publication(spec, creds):
             log_fn(line)
     else:
-        for topic in _delete_topics(kafka_bootstrap, [debezium.schema_history_topic(spec)]):
-            log_fn(f"deleted schema-history topic {topic}")
+        _delete_binlog_topics(kafka_bootstrap, spec, log_fn)
     if topics:
         for topic in _delete_topics(kafka_bootstrap, _connector_topics(kafka_bootstrap, spec)):
             log_fn(f"deleted topic {topic}")
@@ -350,7 +357,93 @@ def topic_partition_findings(spec: ConnectorSpec, kafka_bootstrap: str, worker_p
             for name, n in sorted(counts.items()) if n != worker_partitions]
 
 
+# MariaDB 10.5+ shows REPLICATION CLIENT as BINLOG MONITOR and may show REPLICATION SLAVE as
+# REPLICATION REPLICA: either spelling grants it.
+_MARIADB_ALIASES = {"BINLOG MONITOR": "REPLICATION CLIENT", "REPLICATION REPLICA": "REPLICATION SLAVE"}
+#: Debezium's tutorial grants, which the fixes name.
+MARIADB_GRANTS = "SELECT, RELOAD, SHOW DATABASES, REPLICATION SLAVE, REPLICATION CLIENT"
+
+
+def _split_privileges(text: str) -> list[str]:
+    """``SELECT (a, b), INSERT`` -> ``["SELECT", "INSERT"]``: commas inside column lists don't split."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur)
+    return [re.sub(r"\s*\(.*\)\s*$", "", p).strip().upper() for p in out if p.strip()]
+
+
+def mariadb_privileges(grant_lines: list[str]) -> dict[str, set[str]]:
+    """What ``SHOW GRANTS`` grants, by target: ``*.*``, ``db.*`` or ``db.table`` (quotes removed)
+    -> privilege names (``ALL`` for ALL PRIVILEGES; aliases spelled as in MySQL). Role lines
+    (``GRANT role TO user``) carry no target and are skipped: the active role's own grants are
+    listed by SHOW GRANTS as lines of their own."""
+    out: dict[str, set[str]] = {}
+    for line in grant_lines:
+        m = re.match(r"^GRANT\s+(.+?)\s+ON\s+(?:TABLE\s+)?(\S+)\s+TO\s", line, re.IGNORECASE)
+        if not m:
+            continue
+        target = m.group(2).replace("`", "")
+        privs = {_MARIADB_ALIASES.get(p, p) for p in _split_privileges(m.group(1))}
+        privs = {"ALL" if p in ("ALL", "ALL PRIVILEGES") else p for p in privs}
+        out.setdefault(target, set()).update(privs)
+    return out
+
+
+def mariadb_has(privileges: dict[str, set[str]], priv: str, db: str | None = None, table: str | None = None) -> bool:
+    """Whether ``priv`` is granted on ``db.table`` (or on the database, or globally)."""
+    targets = ["*.*"] + ([f"{db}.*"] if db else []) + ([f"{db}.{table}"] if db and table else [])
+    return any(priv in privileges.get(t, ()) or "ALL" in privileges.get(t, ()) for t in targets)
+
+
+def _mariadb_grant_findings(spec: ConnectorSpec, user: str, privs: dict[str, set[str]],
+                            existing: set[str]) -> list[Finding]:
+    """Missing grants named as grants (not as the symptom Debezium would show later)."""
+    out: list[Finding] = []
+    db = spec.connection.database
+    to = f"'{user}'@'%'"
+    missing = [p for p in ("REPLICATION SLAVE", "REPLICATION CLIENT") if not mariadb_has(privs, p)]
+    if missing:
+        out.append(Finding("error", f"user {user} lacks {' and '.join(missing)} (ON *.*): Debezium reads the "
+                                    f"binary log as a replica",
+                           f"GRANT {MARIADB_GRANTS} ON *.* TO {to}"))
+    no_select = [t.name for t in spec.tables if not mariadb_has(privs, "SELECT", t.schema_name, t.table_name)]
+    if no_select:
+        out.append(Finding("error", f"user {user} lacks SELECT on {', '.join(no_select)}: the snapshot reads them",
+                           f"GRANT {MARIADB_GRANTS} ON *.* TO {to} (or GRANT SELECT ON `{db}`.* TO {to})"))
+    if spec.snapshot_mode not in ("no_data", "never") and not mariadb_has(privs, "RELOAD"):
+        out.append(Finding("warning", f"user {user} lacks RELOAD: the initial snapshot cannot take the global read "
+                                      f"lock (FLUSH TABLES WITH READ LOCK) and locks each table instead",
+                           f"GRANT RELOAD ON *.* TO {to} (part of {MARIADB_GRANTS})"))
+    if spec.read_only:
+        return out
+    # The signal and heartbeat tables are created (unless they exist) and written in the source.
+    own = [debezium.signal_table(spec), debezium.heartbeat_table(spec)]
+    need: list[str] = []
+    for name in own:
+        sdb, table = name.split(".")
+        wanted = (["CREATE"] if name not in existing else []) + ["INSERT", "UPDATE"]
+        need += [p for p in wanted if not mariadb_has(privs, p, sdb, table) and p not in need]
+    if need:
+        out.append(Finding(
+            "error", f"user {user} lacks {', '.join(need)} on `{db}`: the signal table {own[0]} and the heartbeat "
+                     f"table {own[1]} are created and written there",
+            f"GRANT CREATE, INSERT, UPDATE ON `{db}`.* TO {to}; or set read_only: true on connector {spec.name} "  # noqa: S608 - a message
+            f"to write nothing to the source (incremental snapshots are then signalled through Kafka)"))
+    return out
+
+
 def preflight_mariadb(spec: ConnectorSpec, creds: Credentials) -> list[Finding]:
+    """Server settings, grants, tables and their keys, read the way that works for a user with
+    Debezium's tutorial grants only (global SELECT etc.): MariaDB hides
+    ``information_schema.table_constraints`` rows from such a user, while ``STATISTICS`` (what
+    SHOW KEYS reads) answers for every table it may SELECT from."""
     out: list[Finding] = []
     with connect_mariadb(spec, creds) as conn, conn.cursor() as cur:
         cur.execute("SHOW GLOBAL VARIABLES WHERE Variable_name IN "
@@ -367,29 +460,34 @@ def preflight_mariadb(spec: ConnectorSpec, creds: Credentials) -> list[Finding]:
         if v.get("server_id") in (None, "0"):
             out.append(Finding("error", "server_id is 0", "set server_id to a unique non-zero value"))
         cur.execute("SHOW GRANTS")
-        grants = " ".join(r[0] for r in cur.fetchall()).upper()
-        if "ALL PRIVILEGES ON *.*" not in grants:
-            for need in ("REPLICATION SLAVE", "SELECT"):
-                if need not in grants:
-                    out.append(Finding("error", f"user {creds.user} lacks {need}",
-                                       f"GRANT SELECT, RELOAD, SHOW DATABASES, REPLICATION SLAVE, REPLICATION CLIENT "
-                                       f"ON *.* TO '{creds.user}'"))
+        privs = mariadb_privileges([r[0] for r in cur.fetchall()])
+        cur.execute("SELECT CONCAT(table_schema, '.', table_name) FROM information_schema.tables "
+                    "WHERE table_schema IN %s", (sorted({t.schema_name for t in spec.tables}
+                                                        | {spec.connection.database}),))
+        existing = {r[0] for r in cur.fetchall()}
+        out += _mariadb_grant_findings(spec, creds.user, privs, existing)
+        unreadable = {t.name for t in spec.tables if not mariadb_has(privs, "SELECT", t.schema_name, t.table_name)}
         for t in spec.tables:
-            cur.execute("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
-                        (t.schema_name, t.table_name))
-            if cur.fetchone()[0] == 0:
+            if t.name in unreadable:
+                continue  # invisible without SELECT: the grant is the finding, not "does not exist"
+            if t.name not in existing:
                 out.append(Finding("error", f"table {t.name} does not exist", f"create it or remove it from "
                                                                               f"connector {spec.name}"))
                 continue
-            cur.execute("SELECT COUNT(*) FROM information_schema.table_constraints WHERE table_schema = %s "
-                        "AND table_name = %s AND constraint_type = 'PRIMARY KEY'", (t.schema_name, t.table_name))
+            cur.execute("SELECT COUNT(*) FROM information_schema.statistics WHERE table_schema = %s "
+                        "AND table_name = %s AND index_name = 'PRIMARY'", (t.schema_name, t.table_name))
             if cur.fetchone()[0] == 0 and not t.id_columns:
                 out.append(Finding("error", f"table {t.name} has no primary key",
                                    "add one, or give id_columns for it in the config"))
     return out
 
 
-def setup_mariadb(spec: ConnectorSpec, creds: Credentials) -> list[str]:
+def setup_mariadb(spec: ConnectorSpec, creds: Credentials, kafka_bootstrap: str) -> list[str]:
+    """The signal and heartbeat tables; for a ``read_only`` connector nothing in the source, only
+    its signal topic in Kafka (one partition, as Debezium's Kafka signal channel requires)."""
+    if spec.read_only:
+        topic = debezium.signal_topic(spec)
+        return [f"created signal topic {topic}"] if _create_topic(kafka_bootstrap, topic) else []
     with connect_mariadb(spec, creds) as conn, conn.cursor() as cur:
         for name, ddl in (
             (debezium.signal_table(spec),
@@ -401,6 +499,44 @@ def setup_mariadb(spec: ConnectorSpec, creds: Credentials) -> list[str]:
             db, table = name.split(".")
             cur.execute(ddl.format(db, table))
     return []
+
+
+def _create_topic(kafka_bootstrap: str, name: str) -> bool:
+    """Create ``name`` with one partition unless it exists; True when created."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    async def go() -> bool:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap, request_timeout_ms=15000)
+        await admin.start()
+        try:
+            if name in set(await admin.list_topics()):
+                return False
+            await admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
+            return True
+        finally:
+            await admin.close()
+
+    return asyncio.run(go())
+
+
+def _send_kafka_signal(kafka_bootstrap: str, topic: str, key: str, value: dict[str, Any]) -> int:
+    """Produce one Debezium signal (key: the connector's topic prefix); returns its offset."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    async def go() -> int:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", request_timeout_ms=15000)
+        await producer.start()
+        try:
+            meta = await producer.send_and_wait(topic, json.dumps(value).encode(), key=key.encode())
+            return int(meta.offset)
+        finally:
+            await producer.stop()
+
+    return asyncio.run(go())
 
 
 # --- plan / apply -------------------------------------------------------------------
@@ -437,14 +573,24 @@ def plan_connector(spec: ConnectorSpec, client: ConnectClient, creds: Credential
 
 
 def signal_snapshot(spec: ConnectorSpec, creds: Credentials, tables: list[str],
-                    filters: dict[str, str] | None = None) -> str:
-    """Ask Debezium for an incremental snapshot of ``tables`` through the signal table."""
+                    filters: dict[str, str] | None = None, kafka_bootstrap: str | None = None) -> str:
+    """Ask Debezium for an incremental snapshot of ``tables``: through the signal table, or for a
+    ``read_only`` connector through its Kafka signal topic (``kafka_bootstrap``, default: the
+    settings'). Returns the signal's id (``<topic>@<offset>`` for a Kafka signal)."""
     import uuid
 
     # schema.table (PostgreSQL) or database.table (MariaDB), as written in the config.
     data: dict[str, Any] = {"data-collections": tables, "type": "incremental"}
     if filters:
         data["additional-conditions"] = [{"data-collection": t, "filter": f} for t, f in filters.items()]
+    if spec.read_only:
+        if kafka_bootstrap is None:
+            from cdcstream.core.settings import Settings
+
+            kafka_bootstrap = Settings().kafka_bootstrap
+        topic = debezium.signal_topic(spec)
+        offset = _send_kafka_signal(kafka_bootstrap, topic, spec.prefix, {"type": "execute-snapshot", "data": data})
+        return f"{topic}@{offset}"
     sid = f"cdcstream-{uuid.uuid4().hex[:12]}"
     sig_schema, sig_table = debezium.signal_table(spec).split(".")
     if spec.connection.kind == "postgres":
@@ -474,7 +620,8 @@ def _row_count(spec: ConnectorSpec, creds: Credentials, table: str) -> int:
 
 
 def snapshot_added_tables(client: ConnectClient, spec: ConnectorSpec, creds: Credentials, tables: list[str],
-                          settle_s: float = 6.0, confirm_s: float = 45.0, attempts: int = 3) -> str:
+                          settle_s: float = 6.0, confirm_s: float = 45.0, attempts: int = 3,
+                          kafka_bootstrap: str | None = None) -> str:
     """Snapshot tables just added to a running connector, and make sure it really started.
 
     A PUT of the config restarts the task; a signal read by the old task just before it stops
@@ -491,7 +638,7 @@ def snapshot_added_tables(client: ConnectClient, spec: ConnectorSpec, creds: Cre
     for _ in range(attempts):
         client.wait_state(spec.name, timeout=120)
         time.sleep(settle_s)
-        sid = signal_snapshot(spec, creds, pending)
+        sid = signal_snapshot(spec, creds, pending, kafka_bootstrap=kafka_bootstrap)
         deadline = time.monotonic() + confirm_s
         while time.monotonic() < deadline:
             produced = set(client.topics(spec.name))
@@ -527,7 +674,7 @@ def apply(config: Config, client: ConnectClient, resolver: Resolver, kafka_boots
         if spec.connection.kind == "postgres":
             actions += setup_postgres(spec, creds)
         elif spec.connection.kind == "mariadb":
-            actions += setup_mariadb(spec, creds)
+            actions += setup_mariadb(spec, creds, kafka_bootstrap)
         from cdcstream.ops.credentials import deliver
 
         # Provider mode: the files the Connect worker reads; a running connector only sees new values
@@ -552,7 +699,7 @@ def apply(config: Config, client: ConnectClient, resolver: Resolver, kafka_boots
         client.put_config(spec.name, p.desired)
         actions.append(f"{p.action}d connector {spec.name}")
         if p.added_tables:
-            sid = snapshot_added_tables(client, spec, creds, p.added_tables)
+            sid = snapshot_added_tables(client, spec, creds, p.added_tables, kafka_bootstrap=kafka_bootstrap)
             actions.append(f"incremental snapshot {sid} of {', '.join(p.added_tables)} (existing rows)")
     for a in actions:
         log_fn(a)

@@ -16,13 +16,14 @@ lost and no connector is left without valid credentials:
 
 1. issue new credentials (the old ones stay valid);
 2. write them (provider: files; inline: PUT config) and restart connector and tasks;
-3. wait until the task streams as the new user (PostgreSQL: the slot's active backend);
+3. wait until the task streams as the new user (PostgreSQL: the slot's active backend;
+   MariaDB/MySQL: a ``Binlog Dump`` thread of the new user in the process list);
 4. only then revoke the old lease. On a failure in 2–3 the old values are put back and the
    new lease is revoked, so the connector keeps what worked.
 
-Debezium resumes from its committed offset after the restart, and the replication slot keeps
-every change since then: a restart loses nothing (at most a few events are sent twice,
-which the worker's version rules absorb).
+Debezium resumes from its committed offset after the restart, and the replication slot (the
+binary log on MariaDB/MySQL) keeps every change since then: a restart loses nothing (at most
+a few events are sent twice, which the worker's version rules absorb).
 
 Every call here blocks (Vault, Connect, the database): never call it on Faust's event loop.
 """
@@ -80,26 +81,33 @@ def _slot_user(spec: ConnectorSpec, creds: Credentials) -> str | None:
     return str(row[0]) if row else None
 
 
+def _binlog_readers(spec: ConnectorSpec, creds: Credentials) -> int:
+    """MariaDB/MySQL: the binlog dump threads of ``creds.user`` (a user sees its own threads
+    without the PROCESS privilege, so Debezium's tutorial grants are enough)."""
+    from cdcstream.ops.sourcedb import connect_mariadb
+
+    with connect_mariadb(spec, creds) as conn, conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM information_schema.processlist WHERE command LIKE 'Binlog Dump%%' "
+                    "AND user = %s", (creds.user,))
+        return int(cur.fetchone()[0])
+
+
 def wait_streaming_as(spec: ConnectorSpec, client: ConnectClient, creds: Credentials, timeout: float) -> None:
-    """Until the connector's task runs on ``creds`` (PostgreSQL: the slot's reader logged in as that user)."""
+    """Until the connector's task runs on ``creds`` (PostgreSQL: the slot's reader logged in as
+    that user; MariaDB/MySQL: a binlog dump thread of that user)."""
     deadline = time.monotonic() + timeout
-    if spec.connection.kind != "postgres":
-        # No portable way to see the binlog reader's user without extra privileges: a restarted
-        # task that stays RUNNING has logged in (a refused login fails the task).
-        time.sleep(5)
-        client.wait_state(spec.name, timeout=max(1.0, deadline - time.monotonic()))
-        time.sleep(5)
-        client.wait_state(spec.name, timeout=max(1.0, deadline - time.monotonic()))
-        return
-    last = None
+    last: str | None = None
     while time.monotonic() < deadline:
         client.wait_state(spec.name, timeout=max(1.0, deadline - time.monotonic()))
-        last = _slot_user(spec, creds)
-        if last == creds.user:
+        if spec.connection.kind == "postgres":
+            last = _slot_user(spec, creds)
+            if last == creds.user:
+                return
+        elif _binlog_readers(spec, creds) > 0:
             return
         time.sleep(0.5)
-    raise RuntimeError(f"{spec.name}: the task did not stream as {creds.user} within {timeout:.0f}s "
-                       f"(slot reader: {last or 'none'})")
+    seen = f"slot reader: {last or 'none'}" if spec.connection.kind == "postgres" else "no binlog reader of that user"
+    raise RuntimeError(f"{spec.name}: the task did not stream as {creds.user} within {timeout:.0f}s ({seen})")
 
 
 def rotate(spec: ConnectorSpec, client: ConnectClient, resolver: Resolver, kafka_bootstrap: str,

@@ -257,13 +257,15 @@ class MariaSource:
         finally:
             conn.close()
 
-    def create(self, schema: list[str], grants: str) -> None:
+    def create(self, schema: list[str], grants: str, db_grants: bool = True) -> None:
         self.sql(f"CREATE DATABASE `{self.db}`", root=True)
         self.sql(f"CREATE USER '{self.user}'@'%%' IDENTIFIED BY %s", (self.password,), root=True)
         if grants:
             self.sql(f"GRANT {grants} ON *.* TO '{self.user}'@'%'", root=True)
-        # The connector's user creates the signal and heartbeat tables and writes heartbeats.
-        self.sql(f"GRANT ALL PRIVILEGES ON `{self.db}`.* TO '{self.user}'@'%'", root=True)
+        if db_grants:
+            # The connector's user creates the signal and heartbeat tables and writes heartbeats
+            # (without: the global grants only, as in Debezium's tutorial; read_only connectors).
+            self.sql(f"GRANT ALL PRIVILEGES ON `{self.db}`.* TO '{self.user}'@'%'", root=True)
         for stmt in schema:
             self.sql(stmt.replace("{db}", self.db), root=True)
 
@@ -293,11 +295,11 @@ MARIADB_GRANTS = "SELECT, RELOAD, SHOW DATABASES, REPLICATION SLAVE, REPLICATION
 
 @contextlib.contextmanager
 def maria_source(tmp: Path, schema: list[str], tables: list[dict[str, Any]], grants: str = MARIADB_GRANTS,
-                 **connector: Any) -> Iterator[MariaSource]:
+                 db_grants: bool = True, **connector: Any) -> Iterator[MariaSource]:
     src = MariaSource(tmp)
     client = ConnectClient()
     try:
-        src.create(schema, grants)
+        src.create(schema, grants, db_grants)
         src.write_config(tables, **connector)
         yield src
     finally:
