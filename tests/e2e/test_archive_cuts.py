@@ -166,7 +166,9 @@ def test_a_failing_mixed_batch_never_acks_its_archive_events(tmp_path: Path,
             {**stack("embeddings"), "base_url": f"{emb.url}/v1"}, tables) as p:
         p.env.update({"CDCSTREAM_ARCHIVE_MAX_RECORDS": "4", "CDCSTREAM_ARCHIVE_MAX_WAIT_S": "2",
                       "CDCSTREAM_PARTITIONS": "2"})
-        p.sql("INSERT INTO articles VALUES (1, 't', 'the first article')")
+        # Texts unique to the run: the embedding cache (an index shared by every run) must not
+        # answer for them, or the embeddings API is never asked and never fails.
+        p.sql("INSERT INTO articles VALUES (1, 't', %s)", (f"the first article of run {p.tag}",))
         p.apply()
         p.start_worker()
         p.wait("snapshot", lambda: "1" in p.docs("articles"), timeout=180)
@@ -174,7 +176,7 @@ def test_a_failing_mixed_batch_never_acks_its_archive_events(tmp_path: Path,
         assert r.status_code == 200
         # One transaction: archive rows and an article in the same batch (batch_wait_s 0.2).
         p.sql("BEGIN; INSERT INTO audit_log SELECT g, 'u' || g, 'x' FROM generate_series(1, 10) g; "
-              "INSERT INTO articles VALUES (2, 't2', 'an article whose embedding fails'); COMMIT")
+              f"INSERT INTO articles VALUES (2, 't2', 'an article whose embedding fails, run {p.tag}'); COMMIT")
         p.wait("blocked on the embeddings", lambda: any(b["sink"] == "embeddings" for b in p.api(
             "/api/tables").get("blocked") or []), timeout=60)
         time.sleep(3)  # several retries, each re-buffering the archive events

@@ -220,14 +220,16 @@ def test_embeddings_401_blocks_then_resumes_by_itself_with_an_empty_dlq(
     with private_embeddings(tmp_path) as emb, pipeline(
             tmp_path, stack("postgres"), stack("elasticsearch"),
             {**stack("embeddings"), "base_url": f"{emb.url}/v1"}, tables) as p:
-        p.sql("INSERT INTO articles SELECT g, 'title ' || g, 'body of article ' || g FROM generate_series(1, 5) g")
+        # Texts unique to the run: the embedding cache (shared by every run) must not answer for them.
+        p.sql("INSERT INTO articles SELECT g, 'title ' || g, %s || g FROM generate_series(1, 5) g",
+              (f"body of run {p.tag}, article ",))
         p.apply()
         p.start_worker()
         p.wait("snapshot", lambda: len(p.docs("articles")) == 5, timeout=180)
         r = requests.post(f"{emb.url}/admin/faults", json={"status": 401, "seconds": outage_s}, timeout=10)
         assert r.status_code == 200
         for i in range(6, 31):
-            p.sql("INSERT INTO articles VALUES (%s, %s, %s)", (i, f"title {i}", f"a new body for article {i}"))
+            p.sql("INSERT INTO articles VALUES (%s, %s, %s)", (i, f"title {i}", f"run {p.tag}: a new body for {i}"))
             time.sleep(0.1)
         p.wait("blocked on the 401", lambda: any(
             b["sink"] == "embeddings" and "401" in b["reason"] for b in blocked(p)), timeout=60)
