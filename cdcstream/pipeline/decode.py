@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
+from cdcstream.core import fastjson
 from cdcstream.core.events import (
     FAR_FUTURE_MS,
     FAR_PAST_MS,
@@ -517,9 +518,9 @@ def _cached_payload(cache: dict[bytes, Any], raw: bytes | str | None) -> tuple[A
     if compiled is None:
         return None, None, at
     try:
-        return compiled, json.loads(raw[at + len(_SPLIT):-1]), at
+        return compiled, fastjson.loads(raw[at + len(_SPLIT):-1]), at
     except ValueError:
-        return None, None, at  # the full path says what is wrong with it
+        return None, None, at  # the full path says what is wrong with it, or decodes it
 
 
 # --- records ----------------------------------------------------------------------

@@ -32,7 +32,7 @@ from cdcstream.pipeline.tokens import get_encoding
 from cdcstream.runtime.checkpoint import Checkpoint
 from cdcstream.sinks.archive import open_store
 from cdcstream.sinks.base import ArchiveObject, ArchiveStore, Mirror
-from cdcstream.sinks.elasticsearch import EsMirror, client_options
+from cdcstream.sinks.elasticsearch import EsMirror, client_options, fast_serializers
 from tables import Tables
 
 
@@ -93,7 +93,7 @@ class Pipeline:
                 user = await loop.run_in_executor(None, self.secret, s.elasticsearch_user)
                 pw = await loop.run_in_executor(None, self.secret, s.elasticsearch_password)
                 api_key = await loop.run_in_executor(None, self.secret, s.elasticsearch_api_key)
-                self.es = AsyncElasticsearch(s.es_http_url, request_timeout=30,
+                self.es = AsyncElasticsearch(s.es_http_url, request_timeout=30, serializers=fast_serializers(),
                                              **client_options(user, pw, api_key, s.elasticsearch_ca))
                 self.mirror = EsMirror(self.es, on_wait=self._on_wait)
             if s.archive_url:
