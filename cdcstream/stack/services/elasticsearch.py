@@ -1,9 +1,10 @@
 """Elasticsearch 8.19 from Elastic's test distribution on Maven Central, run as an unprivileged user.
 
 Artifact: ``org.elasticsearch.distribution.integ-test-zip:elasticsearch:8.19.21:zip`` (107 MB zip,
-119 MB unpacked). 8.19.21 is the newest version Maven Central lists (no 9.x is published there),
-runs on Java 17 and matches the Python client 8. The zip has no bundled JDK: ``ES_JAVA_HOME`` is
-set from ``java_home()``.
+119 MB unpacked). 8.19.21 is the newest version Maven Central lists (no 9.x is published there:
+9.0.0 … 9.3.0 are refused; the 9.x server jars are served but not the launcher and entitlement
+agent a 9.x node needs to start; docs/operations.md, "Elasticsearch 9"), runs on Java 17 and
+matches the Python client 8. The zip has no bundled JDK: ``ES_JAVA_HOME`` is set from ``java_home()``.
 
 What the distribution holds (probed on 8.19.21, Java 17, security off unless said):
 
