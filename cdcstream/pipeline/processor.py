@@ -105,6 +105,8 @@ class BatchProcessor:
         mapped: dict[str, dict[str, Any]] = {}  # alias -> the row schema its mapping was made from
         seen: dict[str, RowState | None] = {}
         truncates: list[tuple[int, ChangeEvent, Route]] = []
+        table_profiles: dict[str, ProcessingProfile] = {}
+        truncated: dict[str, int] = {}
 
         def state_of(rk: str) -> RowState | None:
             if rk in seen:
@@ -123,7 +125,13 @@ class BatchProcessor:
             out.last_event_ms[tp] = max(out.last_event_ms.get(tp, 0), ev.ts_source_ms)
             if ev.snapshot.in_snapshot:
                 track_snapshot(out, tp, ev)
-            profile = profile_of(ev)
+            # Once per table and batch (a lookup in a Faust table is not cheap); nothing changes
+            # them before this loop ends (it never awaits).
+            tkey = ev.table.key
+            if tkey not in table_profiles:
+                table_profiles[tkey] = profile_of(ev)
+                truncated[tkey] = self.truncated_at(tkey)
+            profile = table_profiles[tkey]
             if profile.archives:
                 if self.buffer.duplicate(ev):
                     out.count(ev, "duplicates")
@@ -139,7 +147,7 @@ class BatchProcessor:
             state = state_of(rk)
             # A change older than a TRUNCATE already applied (a row that reached another
             # partition late) is stale: the truncate removed it.
-            if is_stale(ev, state, now_ms) or ev.position.version < self.truncated_at(ev.table.key):
+            if is_stale(ev, state, now_ms) or ev.position.version < truncated[tkey]:
                 out.count(ev, "stale")
                 continue
             new_state = RowState(version=ev.position.version)
