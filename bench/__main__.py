@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench import chunking as chunking_bench
-from bench import embedding_cost, latency, recovery, throughput
+from bench import embedding_cost, latency, recovery, search_relevance, throughput
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,6 +49,7 @@ SCENARIOS: dict[str, Scenario] = {
     "request-fill": chunking_bench.RequestFill(),
     "latency": latency.Latency(),
     "snapshot-recovery": recovery.SnapshotRecovery(),
+    "search-relevance": search_relevance.SearchRelevance(),
 }
 
 

@@ -8,8 +8,11 @@ Three modes, all over the indices the pipeline writes:
 * ``semantic`` – the query embedded with the pipeline's embedder (as a *query*: e5 models
   embed queries and passages differently) and a kNN search over ``<alias>-chunks``; chunks
   are grouped by their row (``parent_id``), the best chunk giving score and snippet.
-* ``hybrid``   – reciprocal rank fusion of both lists, computed here (the minimal node has
-  no ``rrf`` retriever): ``score = sum(1 / (k + rank))`` with ``k = 60``.
+* ``hybrid``   – a score-normalised convex combination of both lists, computed here (the
+  minimal node has no ``rrf`` retriever): each list's scores min-max scaled to [0, 1], then
+  ``0.9 * semantic + 0.1 * keyword`` (``SEMANTIC_WEIGHT``; equal-weight reciprocal rank
+  fusion, the previous method, let a weak keyword list pull good semantic hits down:
+  docs/benchmarks.md, "Search relevance"). ``rrf`` stays for comparison.
 
 Field filters (``filter.<field>=value``) are ``match`` queries with ``lenient`` on, so a
 word on a number field matches nothing instead of failing; ranges (``range.<field>=lo..hi``)
@@ -39,6 +42,11 @@ if TYPE_CHECKING:
 
 MODES = ("keyword", "semantic", "hybrid")
 RRF_K = 60
+#: Hybrid fusion: the semantic list's share of the score-normalised convex combination (see
+#: ``convex``). Measured on bench/relevance_set.py (docs/benchmarks.md, "Search relevance"):
+#: equal-weight RRF ranked far below semantic alone there; at 0.9 hybrid is at least as good
+#: as the better single mode on every measure, lower weights are not.
+SEMANTIC_WEIGHT = 0.9
 MAX_SIZE = 100
 MAX_QUERY_CHARS = 1000
 MAX_FILTERS = 20
@@ -167,6 +175,50 @@ def rrf(rankings: Sequence[Sequence[K]], k: int = RRF_K) -> list[tuple[K, float]
             scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
     order = {item: i for i, item in enumerate(scores)}
     return sorted(scores.items(), key=lambda kv: (-kv[1], order[kv[0]]))
+
+
+def fuse(keyword: Sequence[tuple[K, float]], semantic: Sequence[tuple[K, float]]) -> list[tuple[K, float]]:
+    """Hybrid's fusion of the keyword and semantic lists (each ``(item, score)``, best first)."""
+    return convex(keyword, semantic, SEMANTIC_WEIGHT)
+
+
+def minmax(scores: Sequence[float]) -> list[float]:
+    """Scale a list's scores to [0, 1] (its best 1, its worst 0); all equal -> all 1."""
+    if not scores:
+        return []
+    lo, hi = min(scores), max(scores)
+    if hi - lo <= 1e-12:
+        return [1.0] * len(scores)
+    return [(s - lo) / (hi - lo) for s in scores]
+
+
+def convex(keyword: Sequence[tuple[K, float]], semantic: Sequence[tuple[K, float]],
+           weight: float = 0.5) -> list[tuple[K, float]]:
+    """Score-normalised convex combination (Bruch, Gai and Ingber, "An Analysis of Fusion
+    Functions for Hybrid Retrieval", 2023): each list's scores min-max scaled to [0, 1],
+    then ``weight * semantic + (1 - weight) * keyword``; an item missing from a list gets 0
+    there. Each list best first; a duplicate counts at its first (best) place; ties keep the
+    order of first appearance (keyword list first)."""
+    kw = _dedup(keyword)
+    sem = _dedup(semantic)
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError("weight must be in [0, 1]")
+    scores: dict[K, float] = {}
+    for items, share in ((kw, 1.0 - weight), (sem, weight)):
+        for (item, _), norm in zip(items, minmax([s for _, s in items]), strict=True):
+            scores[item] = scores.get(item, 0.0) + share * norm
+    order = {item: i for i, item in enumerate(scores)}
+    return sorted(scores.items(), key=lambda kv: (-kv[1], order[kv[0]]))
+
+
+def _dedup(items: Sequence[tuple[K, float]]) -> list[tuple[K, float]]:
+    seen: set[K] = set()
+    out: list[tuple[K, float]] = []
+    for item, score in items:
+        if item not in seen:
+            seen.add(item)
+            out.append((item, float(score)))
+    return out
 
 
 # --- queries ---------------------------------------------------------------------------
@@ -378,7 +430,8 @@ async def run_search(es: AsyncElasticsearch, embedder: Embedder | None, targets:
         kw = {(h.target.id, h.id): h for h in keyword}
         sem = {(h.target.id, h.id): h for h in semantic}
         hits = []
-        for key, score in rrf([list(kw), list(sem)])[:req.size]:
+        for key, score in fuse([(k, h.score) for k, h in kw.items()], [(k, h.score) for k, h in sem.items()])[
+                :req.size]:
             a, b = kw.get(key), sem.get(key)
             base = a or b
             assert base is not None

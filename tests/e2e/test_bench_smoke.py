@@ -127,3 +127,23 @@ def test_snapshot_recovery_smoke(require: Callable[[str], dict[str, Any]]) -> No
     assert [x["lose_disk"] for x in r["recovery"]] == [False, True]
     # Every restart got back to work: the changed rows became searchable.
     assert all(0 < x["first_change_visible_s"] <= x["all_changes_visible_s"] for x in r["recovery"])
+
+
+def test_search_relevance_smoke(require: Callable[[str], dict[str, Any]]) -> None:
+    from bench import search_relevance
+    from bench.relevance_set import QUERIES
+
+    for svc in ("kafka", "elasticsearch", "embeddings"):
+        require(svc)
+    r = search_relevance.SearchRelevance.run("smoke")
+    assert r["rows"] == 200 and r["queries"] == len(QUERIES)
+    # The API's hybrid is the shipped fusion of the very lists the offline variants fuse.
+    assert r["api_matches_offline"] == r["queries"]
+    for m in search_relevance.MODES:
+        x = r["modes"][m]
+        assert all(0 <= x[k] <= 1 for k in ("hit@5", "mrr@10", "ndcg@10")) and x["hit@5"] > 0
+    # Relevance, not timing: hybrid never ranks worse than the better single mode (issue 20, part 4).
+    # Each mode is its own API call and kNN is approximate, so one question's place may move between
+    # calls: a margin of one question.
+    for k in ("hit@5", "mrr@10", "ndcg@10"):
+        assert r["modes"]["hybrid"][k] >= max(r["modes"]["keyword"][k], r["modes"]["semantic"][k]) - 1 / r["queries"], k
