@@ -96,7 +96,7 @@ def document(reads_open: bool, example_table: str | None = None) -> dict[str, An
                     "type": "object", "additionalProperties": False,
                     "properties": {
                         "offsets": {"type": "array", "minItems": 1, "maxItems": 1000,
-                                    "items": {"type": "integer", "minimum": 0}},
+                                    "items": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}},
                         "all": {"type": "boolean"},
                     },
                     "description": "Exactly one of `offsets` (DLQ offsets) or `all: true`."},
@@ -153,7 +153,8 @@ def document(reads_open: bool, example_table: str | None = None) -> dict[str, An
                                          security=bearer, body={"$ref": "#/components/schemas/Skip"},
                                          op_id="skipBlocked")},
             "/api/search": {"get": op(
-                "Search the mirror: keyword, semantic (kNN over chunks) or hybrid (RRF, k=60). Field filters: "
+                "Search the mirror: keyword, semantic (kNN over chunks) or hybrid (score-normalised blend, "
+                "0.9 semantic). Field filters: "
                 "`filter.<column>=value` and `range.<column>=lo..hi` (see docs/api.md)", security=read_sec,
                 op_id="search", params=[
                     {"name": "q", "in": "query", "required": True,

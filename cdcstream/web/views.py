@@ -121,8 +121,9 @@ def parse_replay(body: dict[str, Any]) -> set[int] | None:
         return None
     offs = body["offsets"]
     if (not isinstance(offs, list) or not 1 <= len(offs) <= 1000
-            or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offs)):
-        raise bad("offsets must be a list of 1 to 1000 non-negative integers")
+            or not all(isinstance(o, int) and not isinstance(o, bool) and 0 <= o < 2**63 for o in offs)):
+        # Kafka offsets are 64-bit: a larger number is no offset (and no JSON encoder of ours echoes it).
+        raise bad("offsets must be a list of 1 to 1000 non-negative 64-bit integers")
     return set(offs)
 
 

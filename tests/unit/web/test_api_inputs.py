@@ -177,3 +177,16 @@ def test_metrics_render() -> None:
     assert 'cdcstream_replication_slot_active{connector="c",slot="s"} 0' in text
     assert "cdcstream_chunks{" not in text  # unknown values are left out, not reported as 0
     assert text.endswith("\n")
+
+
+def test_regression_replay_offsets_past_64_bits_are_refused() -> None:
+    """Bug (schemathesis): a DLQ offset past 2**63 was accepted, echoed back as "no such DLQ
+    record", and the JSON encoder (orjson) failed on it: HTTP 500. Kafka offsets are 64-bit."""
+    import pytest
+
+    from cdcstream.web.views import HttpError, parse_replay
+
+    assert parse_replay({"offsets": [0, 2**63 - 1]}) == {0, 2**63 - 1}
+    with pytest.raises(HttpError) as e:
+        parse_replay({"offsets": [2**63]})
+    assert e.value.status == 400
