@@ -20,6 +20,7 @@ before timing starts (a warm-up row must be searchable first).
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import tempfile
 import threading
@@ -80,13 +81,19 @@ class Latency:
 def _one_run(st: dict[str, Any], rate: int, n: int) -> dict[str, Any]:
     from tests.e2e.harness import pipeline
 
-    tables = [{"name": "public.orders", "profile": "index_only"}]
+    table: dict[str, Any] = {"name": "public.orders", "profile": "index_only"}
+    # A variant (reported as such, never the default section): BENCH_LATENCY_REFRESH=200ms sets the
+    # table's refresh interval; BENCH_CDCSTREAM_BATCH_WAIT_S the worker's batch wait.
+    if os.environ.get("BENCH_LATENCY_REFRESH"):
+        table["index_settings"] = {"refresh_interval": os.environ["BENCH_LATENCY_REFRESH"]}
+    tables = [table]
     with tempfile.TemporaryDirectory(prefix="bench-") as d, pipeline(Path(d), st["postgres"], st["elasticsearch"],
                                                                       st["embeddings"], tables) as p:
         app_id = p.env["CDCSTREAM_APP_ID"]
         # Production defaults, not the e2e harness's faster batch wait / tiny archive objects.
         for k in ("CDCSTREAM_BATCH_WAIT_S", "CDCSTREAM_ARCHIVE_MAX_RECORDS", "CDCSTREAM_CHUNK_TOKENS"):
             p.env.pop(k, None)
+        p.env.update({k.removeprefix("BENCH_"): v for k, v in os.environ.items() if k.startswith("BENCH_CDCSTREAM_")})
         try:
             p.apply()
             p.start_worker()
