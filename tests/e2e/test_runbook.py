@@ -467,17 +467,18 @@ def test_dlq_growing(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -
         p.wait("the worker API", lambda: isinstance(p.api("/api/tables")["tables"], list), timeout=180,
                retry_on=JSON_NOT_YET)
         table = f"{p.connector}.public.articles"
-        skipped: list[int] = []
+        # Positions are (partition, offset): the two articles may sit at offset 0 of two partitions.
+        skipped: list[tuple[int, int]] = []
         for n in (1, 2):
-            def waiting_on_next(skipped: list[int] = skipped) -> bool:
+            def waiting_on_next(skipped: list[tuple[int, int]] = skipped) -> bool:
                 b = blocked_on(p, blocked_check, env, tmp_path, "embeddings")
                 pos = next((v for k, v in (b or {}).get("positions", {}).items() if k.endswith("articles")), None)
-                return pos is not None and pos["offset"] not in skipped
+                return pos is not None and (pos["partition"], pos["offset"]) not in skipped
 
             p.wait(f"blocked on article {n}", waiting_on_next, timeout=240, retry_on=JSON_NOT_YET)
             b = blocked_on(p, blocked_check, env, tmp_path, "embeddings")
             assert b is not None
-            skipped += [v["offset"] for k, v in b["positions"].items() if k.endswith("articles")]
+            skipped += [(v["partition"], v["offset"]) for k, v in b["positions"].items() if k.endswith("articles")]
             out = run(skip, env, tmp_path, TABLE=table)
             assert "it goes to the DLQ" in out, out
         # The batch goes through once nothing in it blocks: both skipped records are then written.
