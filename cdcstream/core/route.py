@@ -112,27 +112,6 @@ def is_stale(ev: ChangeEvent, state: RowState | None, now_ms: int | None = None)
     return ev.position.version <= state.version
 
 
-def worth_writing(old: RowState | None, new: RowState) -> bool:
-    """Whether a table that keeps no chunks (``index_only``) must write ``new`` as its row state.
-
-    Elasticsearch's external versions already make a replayed or reordered write a no-op
-    (409), so the state is not needed for a row's version. It is needed for what the mirror
-    cannot answer: a delete marker (Elasticsearch forgets delete tombstones after
-    ``index.gc_deletes``, 60 s; an older event arriving later must still be stale) and the
-    TOAST-able values (filled into a later event's placeholders). So the state is written
-    when one of those changes: on a delete, when a delete marker or chunk list is replaced,
-    and when the kept TOAST values differ. The stored state then always equals the row's
-    latest state except for its version, which may lag (a lagging version only sends more
-    replays to Elasticsearch, where they are conflicts instead of ``stale``). Writing every
-    event's state cost 28% of the worker's CPU in the index_only benchmark.
-    """
-    if new.deleted:
-        return True
-    if old is None:
-        return bool(new.toast)
-    return old.deleted or bool(old.chunks) or old.toast != new.toast
-
-
 def keep_toast(row: dict[str, Any]) -> dict[str, Any]:
     """The row's TOAST-able values, in their JSON form (``plain``): the row state is stored as
     JSON, so bytes are kept as base64 (as documents hold them), never as Python's ``b'...'``.

@@ -25,7 +25,7 @@ from typing import Any
 from cdcstream.core.config import ProcessingProfile
 from cdcstream.core.events import ChangeEvent, Op, SnapshotMarker, bounded_id
 from cdcstream.core.faults import crash_point
-from cdcstream.core.route import Route, Router, RowState, is_stale, keep_toast, row_key, worth_writing
+from cdcstream.core.route import Route, Router, RowState, is_stale, keep_toast, row_key
 from cdcstream.pipeline.archive import ArchiveBuffer
 from cdcstream.pipeline.chunking import Chunk, Chunker
 from cdcstream.pipeline.embeddings import Embedder
@@ -177,9 +177,12 @@ class BatchProcessor:
                 if profile.embeds:
                     full_rows.append((i, ev, route, state))
             seen[rk] = new_state
-            # index_only: only what the mirror cannot answer (delete markers, TOAST values).
-            if profile.embeds or worth_writing(state, new_state):
-                out.states[rk] = (new_state, i)
+            # Every applied change writes its row state, index_only included. Writing only delete
+            # markers and TOAST changes (issue 19, lever 1: -28% CPU) let the deeper fault rounds
+            # (10,000 changes, 12 kills, injected sink faults) end with 3 and 23 deleted rows back
+            # in the mirror; with every state written the same run was clean. Replays must be stale
+            # here, not left to Elasticsearch's external versions (whose tombstones expire after 60 s).
+            out.states[rk] = (new_state, i)
 
         if self.archive is not None:
             for obj in out.flushed:
