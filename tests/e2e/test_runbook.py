@@ -406,6 +406,18 @@ def blocked_on(p: Pipeline, check: str, env: dict[str, str], tmp: Path, sink: st
     return None
 
 
+def start_without_embeddings(p: Pipeline) -> dict[str, str]:
+    """Apply the config and start a worker with no embeddings configured (a full-profile table then
+    blocks); returns the documented commands' environment once the worker API answers."""
+    p.env.update({"CDCSTREAM_EMBED_URL": "", "CDCSTREAM_API_TOKEN": "env:RUNBOOK_API_TOKEN",
+                  "RUNBOOK_API_TOKEN": TOKEN})
+    p.apply()
+    start_worker(p)
+    p.wait("the worker API", lambda: isinstance(p.api("/api/tables")["tables"], list), timeout=180,
+           retry_on=JSON_NOT_YET)
+    return worker_env(p)
+
+
 def test_sink_blocked(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> None:
     """Issue 16: a config problem is not the events' fault: nothing goes to the DLQ, the worker
     waits and says why, and resumes once fixed (before: both articles were dead-lettered)."""
@@ -417,13 +429,7 @@ def test_sink_blocked(tmp_path: Path, require: Callable[[str], dict[str, Any]]) 
               (f"Slots {tag}", f"Run {tag}: a replication slot keeps WAL until its consumer confirms it."))
         p.sql("INSERT INTO orders (id, customer, amount) VALUES (1, 'acme', 19.99)")
         # Cause: a full-profile table on a worker without embeddings.
-        p.env.update({"CDCSTREAM_EMBED_URL": "", "CDCSTREAM_API_TOKEN": "env:RUNBOOK_API_TOKEN",
-                      "RUNBOOK_API_TOKEN": TOKEN})
-        p.apply()
-        start_worker(p)
-        env = worker_env(p)
-        p.wait("the worker API", lambda: isinstance(p.api("/api/tables")["tables"], list), timeout=180,
-               retry_on=JSON_NOT_YET)
+        env = start_without_embeddings(p)
         p.wait("blocked on embeddings", lambda: blocked_on(p, check, env, tmp_path, "embeddings"),
                timeout=240, retry_on=JSON_NOT_YET)
         b = blocked_on(p, check, env, tmp_path, "embeddings")
@@ -459,13 +465,7 @@ def test_dlq_growing(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -
                f"Pasta {tag}", f"Run {tag}: boil water, add salt, cook the noodles for ten minutes."))
         # Cause 1 (operator): the worker blocks on the articles (no embeddings configured) and an
         # operator decides they are at fault after all: `dlq skip` moves them to the DLQ.
-        p.env.update({"CDCSTREAM_EMBED_URL": "", "CDCSTREAM_API_TOKEN": "env:RUNBOOK_API_TOKEN",
-                      "RUNBOOK_API_TOKEN": TOKEN})
-        p.apply()
-        start_worker(p)
-        env = worker_env(p)
-        p.wait("the worker API", lambda: isinstance(p.api("/api/tables")["tables"], list), timeout=180,
-               retry_on=JSON_NOT_YET)
+        env = start_without_embeddings(p)
         table = f"{p.connector}.public.articles"
         # Positions are (partition, offset): the two articles may sit at offset 0 of two partitions.
         skipped: list[tuple[int, int]] = []
