@@ -76,7 +76,9 @@ def p(tmp_path_factory: pytest.TempPathFactory, require: Callable[[str], dict[st
         pipe.apply()
         pipe.start_worker()
         api = WorkerApi(pipe.web_port, READ)
-        pipe.wait("snapshot indexed", lambda: len(pipe.docs("orders")) == 2
+        # Both indices of the article: the read-token search below expects its row, and the row
+        # document can land (and refresh) after its chunks (CI failure of 2026-12-05).
+        pipe.wait("snapshot indexed", lambda: len(pipe.docs("orders")) == 2 and len(pipe.docs("articles")) == 1
                   and len(pipe.docs("articles", chunks=True)) >= 1, timeout=180)
         pipe.wait("API up", lambda: api.get("/api/tables", auth=True).status_code == 200, retry_on=API_NOT_YET)
         yield pipe
