@@ -10,67 +10,14 @@ from cdcstream.core.events import ChangeEvent, KafkaOrigin
 from cdcstream.core.route import Router, RowState
 from cdcstream.pipeline.decode import decode
 from cdcstream.pipeline.processor import BatchProcessor
-from cdcstream.sinks.base import ArchiveObject, BulkResult, IndexOp
 from tests.fixturedata import raw
+from tests.support.memory import MemoryMirror, MemoryStore
 
 CONFIG = Config.model_validate({"connectors": [{
     "name": "dbserver1", "topic_prefix": "dbserver1",
     "connection": {"kind": "postgres", "host": "h", "database": "inventory", "user": "u", "password": "env:X"},
     "tables": [{"name": "public.customers", "profile": "index_only"}, {"name": "public.orders", "profile": "archive"}],
 }]})
-
-
-class MemoryMirror:
-    """Versioned like Elasticsearch: external versions, 409 for stale writes."""
-
-    def __init__(self) -> None:
-        self.docs: dict[tuple[str, str], tuple[int, dict[str, Any] | None]] = {}
-        self.mappings: dict[str, dict[str, Any]] = {}
-
-    async def ensure_index(self, alias: str, mapping: dict[str, Any], settings: Any = None) -> None:
-        self.mappings[alias] = mapping
-
-    async def apply(self, ops: list[IndexOp]) -> BulkResult:
-        r = BulkResult()
-        for op in ops:
-            cur = self.docs.get((op.index, op.id))
-            if cur is not None and cur[0] >= op.version:
-                r.conflicts += 1
-                continue
-            self.docs[(op.index, op.id)] = (op.version, op.doc if op.action == "index" else None)
-            if op.action == "index":
-                r.indexed += 1
-            else:
-                r.deleted += 1
-        return r
-
-    async def get_many(self, index: str, ids: Any, source: Any = None) -> dict[str, dict[str, Any]]:
-        return {i: d for i in ids if (d := (self.docs.get((index, i)) or (0, None))[1]) is not None}
-
-    async def delete_older_than(self, alias: str, version: int) -> int:
-        old = [k for k, (v, d) in self.docs.items() if k[0] == alias and d is not None and v < version]
-        for k in old:
-            self.docs[k] = (version, None)
-        return len(old)
-
-    async def drop(self, alias: str) -> bool:
-        found = [k for k in self.docs if k[0] == alias]
-        for k in found:
-            del self.docs[k]
-        return bool(found)
-
-    def live(self, alias: str) -> dict[str, dict[str, Any]]:
-        return {i: d for (a, i), (_, d) in self.docs.items() if a == alias and d is not None}
-
-
-class MemoryStore:
-    url = "memory://"
-
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-
-    async def put(self, obj: ArchiveObject) -> None:
-        self.objects[obj.name] = obj.body
 
 
 def events(*names: str) -> list[ChangeEvent | None]:

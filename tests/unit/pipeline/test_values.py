@@ -20,8 +20,8 @@ from cdcstream.core.route import Router, RowState, keep_toast
 from cdcstream.ops.verify import canonical
 from cdcstream.pipeline.decode import UNAVAILABLE, decode
 from cdcstream.pipeline.processor import BatchProcessor, chunk_id
-from cdcstream.sinks.base import BulkResult, IndexOp
 from cdcstream.sinks.documents import field_mapping, row_document, row_mapping
+from tests.support.memory import MemoryMirror
 
 U = UNAVAILABLE
 HARD_FIELDS: list[dict[str, Any]] = [
@@ -167,34 +167,6 @@ def test_long_keys_get_a_stable_hashed_id_and_the_document_keeps_the_key() -> No
 
 
 # --- row state and the mirror fill -------------------------------------------------------------
-class MemoryMirror:
-    """Versioned like Elasticsearch: external versions; stale writes are conflicts."""
-
-    def __init__(self) -> None:
-        self.docs: dict[tuple[str, str], tuple[int, dict[str, Any] | None]] = {}
-
-    async def ensure_index(self, alias: str, mapping: dict[str, Any], settings: Any = None) -> None:
-        pass
-
-    async def apply(self, ops: list[IndexOp]) -> BulkResult:
-        r = BulkResult()
-        for op in ops:
-            cur = self.docs.get((op.index, op.id))
-            if cur is not None and cur[0] >= op.version:
-                r.conflicts += 1
-                continue
-            # Through JSON, as Elasticsearch keeps _source.
-            self.docs[(op.index, op.id)] = (op.version, json.loads(json.dumps(op.doc, allow_nan=False))
-                                            if op.action == "index" else None)
-        return r
-
-    async def get_many(self, index: str, ids: Any, source: Any = None) -> dict[str, dict[str, Any]]:
-        return {i: d for i in ids if (d := (self.docs.get((index, i)) or (0, None))[1]) is not None}
-
-    def live(self, alias: str) -> dict[str, dict[str, Any]]:
-        return {i: d for (a, i), (_, d) in self.docs.items() if a == alias and d is not None}
-
-
 class Harness:
     def __init__(self) -> None:
         self.es = MemoryMirror()
