@@ -373,6 +373,7 @@ def fields_markdown() -> str:
         Config,
         ConnectorSpec,
         ConnectorTableConfig,
+        CredentialsSpec,
         DatabaseConnection,
         IndexSettings,
     )
@@ -432,7 +433,8 @@ def fields_markdown() -> str:
     }
     sections: list[tuple[str, type[BaseModel]]] = [
                 ("", Config), ("connectors[]", ConnectorSpec), ("connectors[].connection", DatabaseConnection),
-                ("connectors[].connection.tls", TLS), ("connectors[].tables[]", ConnectorTableConfig),
+                ("connectors[].connection.tls", TLS), ("connectors[].credentials", CredentialsSpec),
+                ("connectors[].tables[]", ConnectorTableConfig),
                 ("connectors[].tables[].index_settings", IndexSettings)]
     out = ["| field | type | default | meaning |", "|---|---|---|---|"]
     for where, model in sections:

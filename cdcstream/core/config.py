@@ -185,20 +185,28 @@ class ConnectorTableConfig(_Model):
 class CredentialsSpec(_Model):
     """How a connector's database credentials reach Kafka Connect (docs/vault.md).
 
-    ``inline`` (the default, as before): the resolved user/password go into the connector
-    config, so Kafka Connect stores them in plaintext in its config topic.
     ``provider``: the config carries ``${dir:<dir>:user}``/``${dir:<dir>:password}``
     placeholders; cdcstream writes the values into files (mode 0600) in ``dir``, which the
     Connect worker's DirectoryConfigProvider reads when a task starts. The plaintext never
     enters Connect's config topic or REST answers.
+    ``inline``: the resolved user/password go into the connector config, so Kafka Connect
+    stores them in plaintext in its config topic (``connectors plan`` warns).
+    Without ``mode`` the connector decides (``ConnectorSpec.credential_mode``): ``provider``
+    when its credentials come from a secret reference or ``vault_role``, ``inline`` only for a
+    literal password (``allow_literal_secrets``, which is in plaintext in the YAML already).
     ``vault_role``: dynamic credentials from Vault's database engine
     (``<vault_mount>/creds/<vault_role>``), renewed and rotated by ``cdcstream credentials``;
     the connection's user/password are then omitted.
     """
 
-    mode: Literal["inline", "provider"] = "inline"
+    mode: Literal["inline", "provider"] | None = Field(
+        default=None, description="`provider`: Connect reads the values from 0600 files in `dir`, its config topic "
+                                  "holds placeholders; `inline`: the plaintext password goes into Connect's config "
+                                  "topic (explicit opt-in, `connectors plan` warns). Default: `provider` when the "
+                                  "password or user is a secret reference or `vault_role` is set, `inline` for a "
+                                  "literal password")
     dir: Path | None = Field(default=None, description="Provider mode: the directory the Connect worker reads "
-                                                       "(absolute; default <credentials_dir>/<connector>)")
+                                                       "(absolute; default `$CDCSTREAM_CREDENTIALS_DIR/<connector>`)")
     vault_role: str | None = Field(default=None, description="Vault database role for dynamic credentials")
     vault_mount: str = Field(default="database", description="Mount of Vault's database secrets engine")
     owner_role: str | None = Field(default=None, description="PostgreSQL role that owns what cdcstream creates "
@@ -245,7 +253,9 @@ class ConnectorSpec(_Model):
     extra: dict[str, str] = Field(default_factory=dict, description="Extra Debezium properties, passed through")
     override_owned: bool = Field(default=False, description="Let `extra` override properties the builder owns")
     credentials: CredentialsSpec = Field(default_factory=CredentialsSpec,
-                                         description="Credential injection mode and Vault dynamic credentials")
+                                         description="How the credentials reach Kafka Connect (provider files "
+                                                     "by default for secret references) and Vault dynamic "
+                                                     "credentials")
 
     @model_validator(mode="before")
     @classmethod
@@ -293,6 +303,18 @@ class ConnectorSpec(_Model):
         if not self.tables:
             raise ValueError("a connector needs at least one table")
         return self
+
+    @property
+    def credential_mode(self) -> Literal["inline", "provider"]:
+        """How the credentials reach Kafka Connect: ``credentials.mode`` when the YAML says, else
+        ``provider`` for a secret reference or a Vault role (a referenced secret must not end up in
+        plaintext in Connect's config topic) and ``inline`` for a literal password (the YAML holds
+        it in plaintext already; ``connectors plan`` warns about both inline cases)."""
+        c = self.credentials
+        if c.mode is not None:
+            return c.mode
+        refs = [v for v in (self.connection.user, self.connection.password) if isinstance(v, SecretRef)]
+        return "provider" if c.vault_role or any(r.scheme != "literal" for r in refs) else "inline"
 
     @property
     def prefix(self) -> str:

@@ -78,7 +78,7 @@ def placeholders(spec: ConnectorSpec) -> tuple[str, str]:
 
 def config_credentials(spec: ConnectorSpec, creds: Credentials) -> tuple[str, str]:
     """What goes into the connector config: placeholders (provider) or the values (inline)."""
-    if spec.credentials.mode == "provider":
+    if spec.credential_mode == "provider":
         return placeholders(spec)
     return creds.user, creds.password
 
@@ -215,7 +215,7 @@ def dynamic_credentials(spec: ConnectorSpec, resolver: Resolver, *, issue: bool)
 
 def deliver(spec: ConnectorSpec, creds: Credentials) -> bool:
     """Provider mode: write the files the Connect worker reads. True when their content changed."""
-    if spec.credentials.mode != "provider":
+    if spec.credential_mode != "provider":
         return False
     changed = CredentialStore(credentials_dir(spec)).write(creds)
     return changed or isinstance(creds, IssuedCredentials)

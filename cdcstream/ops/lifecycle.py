@@ -15,6 +15,7 @@ from typing import Any
 
 from cdcstream.core.config import Config, ConnectorSpec
 from cdcstream.core.resolver import Resolver
+from cdcstream.core.secrets import SecretRef
 from cdcstream.ops import debezium
 from cdcstream.ops.credentials import Credentials, resolve_credentials
 from cdcstream.ops.kconnect import ConnectClient, mask_config
@@ -306,6 +307,24 @@ def delete_connector_topics(kafka_bootstrap: str, prefix: str) -> list[str]:
     return _delete_topics(kafka_bootstrap, _connector_topics(kafka_bootstrap, prefix))
 
 
+def inline_credentials_finding(spec: ConnectorSpec) -> Finding | None:
+    """A connector whose password Kafka Connect would store in plaintext (``inline`` mode): its
+    config topic keeps every config it was ever given, so anyone who reads that topic reads it."""
+    if spec.credential_mode != "inline":
+        return None
+    literal = isinstance(spec.connection.password, SecretRef) and spec.connection.password.scheme == "literal"
+    why = "a literal password in the YAML" if literal else "credentials.mode: inline"
+    fix = ("use a secret reference for connection.password (env:NAME, file:/path or vault:mount/path#key), "
+           "which selects provider mode" if literal else
+           "remove `credentials.mode: inline` (a secret reference defaults to provider mode)")
+    return Finding(
+        "warning",
+        f"connector {spec.name}: inline credentials ({why}): the database password will be stored in plaintext "
+        f"in Kafka Connect's config topic (config.storage.topic, cdcstream-connect-configs on the local stack) "
+        f"and returned by GET /connectors/{spec.name}/config",
+        f"{fix}; the Connect worker then reads it from a 0600 file (docs/vault.md, \"Injection modes\")")
+
+
 def partitions_finding(spec: ConnectorSpec, worker_partitions: int) -> Finding | None:
     """A connector whose topics get a partition count the worker refuses (it checks every captured
     topic against its ``partitions`` setting at start)."""
@@ -549,7 +568,8 @@ def plan_connector(spec: ConnectorSpec, client: ConnectClient, creds: Credential
     actual = client.get_config(spec.name)
     user, password = config_credentials(spec, creds)  # provider mode: ${dir:...} placeholders
     desired = debezium.build(spec, user=user, password=password, kafka_bootstrap=kafka_bootstrap)
-    findings: list[Finding] = []
+    inline = inline_credentials_finding(spec)
+    findings: list[Finding] = [inline] if inline is not None else []
     if check:
         if spec.connection.kind == "postgres":
             findings = preflight_postgres(spec, creds, existing_slot=actual is not None)

@@ -1,6 +1,6 @@
 """Connector credentials: where cdcstream puts them for Kafka Connect, and Vault dynamic ones rotated.
 
-Two injection modes per connector (``ConnectorSpec.credentials.mode``, docs/vault.md):
+Two injection modes per connector (``ConnectorSpec.credential_mode``, docs/vault.md):
 
 * ``provider``: the connector config carries ``${dir:<dir>:user}`` and ``${dir:<dir>:password}``;
   the values live in files (0600) in ``<dir>``, read by the Connect worker's
@@ -64,7 +64,7 @@ class RotationResult:
 def _push(spec: ConnectorSpec, client: ConnectClient, creds: Credentials, kafka_bootstrap: str) -> None:
     # Both modes keep the store current: it is what `plan`, preflight and the worker's status read.
     CredentialStore(credentials_dir(spec)).write(creds)
-    if spec.credentials.mode == "provider":
+    if spec.credential_mode == "provider":
         # The connector alone would keep its tasks on the old values: tasks resolve ${dir:...} when they start.
         client.restart(spec.name, include_tasks=True)
     else:
@@ -211,9 +211,9 @@ def status(spec: ConnectorSpec, *, check_login: bool = False) -> dict[str, Any]:
     expired) has already dropped the user.
     """
     d = credentials_dir(spec)
-    out: dict[str, Any] = {"connector": spec.name, "mode": spec.credentials.mode,
+    out: dict[str, Any] = {"connector": spec.name, "mode": spec.credential_mode,
                            "source": "vault-dynamic" if spec.credentials.vault_role else "reference",
-                           "dir": str(d) if spec.credentials.mode == "provider" or spec.credentials.vault_role
+                           "dir": str(d) if spec.credential_mode == "provider" or spec.credentials.vault_role
                            else None}
     store = CredentialStore(d)
     state = store.load_lease()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from psycopg import sql
 
 from cdcstream.core.config import load_config
 from cdcstream.core.resolver import Resolver
-from cdcstream.ops.credentials import Credentials
+from cdcstream.ops.credentials import Credentials, credentials_dir
 from cdcstream.ops.kconnect import ConnectClient
 from cdcstream.ops.lifecycle import apply
 from tests.support import (
@@ -193,6 +194,9 @@ def _cleanup(p: Pipeline, su: dict[str, Any]) -> None:
     with contextlib.suppress(Exception), psycopg.connect(**su, dbname="postgres", autocommit=True) as c:
         c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(p.db)))
         c.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(p.role)))
+    # Provider mode (the default for the env: password) wrote it under $CDCSTREAM_CREDENTIALS_DIR.
+    with contextlib.suppress(Exception):
+        shutil.rmtree(credentials_dir(load_config(p.config_path).connectors[0]))
 
 
 def archived(p: Pipeline) -> list[dict[str, Any]]:

@@ -294,7 +294,8 @@ def test_topics_and_settings_commands_run(require: Callable[[str], dict[str, Any
         status = [a for a in doc_lines("docs/vault.md", "credentials") if a[1] == "status"]
         assert status == [["credentials", "status", "--config", "cdcstream.yaml"]]
         r = run_doc(status[0], env, tmp_path)  # cwd is tmp_path: ./cdcstream.yaml is the file above
-        assert r.returncode == 0 and r.stdout.strip() == f"{app_id}: mode=inline source=reference", r.stdout
+        # An env: password and no credentials.mode: provider mode (issue 18: inline was the default).
+        assert r.returncode == 0 and r.stdout.strip() == f"{app_id}: mode=provider source=reference", r.stdout
     finally:
         delete_topics(topics_named(f"{app_id}-control", f"{app_id}-dlq"))
 

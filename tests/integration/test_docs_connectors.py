@@ -71,7 +71,9 @@ def test_postgres_walkthrough_runs(require: Callable[[str], dict[str, Any]], tmp
         # Everything but the removal block first: on a busy machine the connector could be
         # deleted before its snapshot produced anything, and the test would see nothing.
         out = run_group("postgres", tag, tmp_path, slice(None, -1))
-        assert f"connector {name}: create" in out and "+ database.password = ***" in out
+        # env: password, no credentials.mode: a ${dir:...} placeholder, never the value (provider mode).
+        assert f"connector {name}: create" in out and "+ database.password = ${dir:" in out
+        assert "change-me" not in out.split(f"connector {name}: create", 1)[1]
         assert f"created connector {name}" in out and "nothing to do" in out
         assert "rows where id > 5" in out
         ev = consume(f"{name}.public.orders", lambda ev: {r["id"] for r in rows(ev, "r")} >= set(range(1, 9)))

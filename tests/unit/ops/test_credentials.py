@@ -12,6 +12,7 @@ from cdcstream.core.secrets import SecretRef
 from cdcstream.ops import debezium
 from cdcstream.ops.credentials import Credentials, CredentialStore, config_credentials, placeholders
 from cdcstream.ops.kconnect import mask_config
+from cdcstream.ops.lifecycle import inline_credentials_finding
 
 BASE = """connectors:
   - name: orders
@@ -32,10 +33,55 @@ def _load(tmp_path: Path, conn: str = "      user: cdc\n      password: env:PW",
     return load_config(p)
 
 
-def test_default_is_inline_and_backward_compatible(tmp_path: Path) -> None:
+def test_a_secret_reference_defaults_to_provider_mode(tmp_path: Path) -> None:
+    """Issue 18: an ``env:`` password with no ``mode`` went inline, i.e. in plaintext into Connect's config topic."""
     spec = _load(tmp_path).connectors[0]  # type: ignore[attr-defined]
-    assert spec.credentials.mode == "inline" and spec.credentials.vault_role is None
-    assert config_credentials(spec, Credentials("cdc", "pw")) == ("cdc", "pw")
+    assert spec.credentials.mode is None and spec.credentials.vault_role is None
+    assert spec.credential_mode == "provider"
+    d = (Path(".stack/credentials") / "orders").resolve()
+    assert config_credentials(spec, Credentials("cdc", "pw")) == (f"${{dir:{d}:user}}", f"${{dir:{d}:password}}")
+    assert inline_credentials_finding(spec) is None
+
+
+@pytest.mark.parametrize(("conn", "creds", "mode"), [
+    ("      user: cdc\n      password: file:/run/secrets/pw", "", "provider"),
+    ("      user: cdc\n      password: vault:secret/cdc/orders#password", "", "provider"),
+    ("      user: cdc\n      password: {vault: {mount: kv, path: cdc, key: pw}}", "", "provider"),
+    ("      user: env:PG_USER\n      password: plain-pw", "", "provider"),  # a referenced user is enough
+    ("      port: 5432", "    credentials: {vault_role: r1}", "provider"),
+    ("      user: cdc\n      password: plain-pw", "", "inline"),  # a literal: plaintext in the YAML already
+    ("      user: cdc\n      password: env:PW", "    credentials: {mode: inline}", "inline"),  # explicit opt-in
+    ("      user: cdc\n      password: plain-pw", "    credentials: {mode: provider}", "provider"),
+])
+def test_default_mode_follows_where_the_credentials_come_from(tmp_path: Path, conn: str, creds: str,
+                                                              mode: str) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("allow_literal_secrets: true\n" + BASE.format(conn=conn, creds=creds))
+    spec = load_config(p).connectors[0]
+    assert spec.credential_mode == mode
+    pw = config_credentials(spec, Credentials("cdc", "the-password"))[1]
+    assert (pw == "the-password") is (mode == "inline")
+
+
+def test_plan_warns_for_every_inline_connector_and_says_why(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    conn = "{kind: postgres, host: 127.0.0.1, database: shop, user: cdc, password: %s}"
+    p.write_text("allow_literal_secrets: true\nconnectors:\n" + "".join(
+        f"  - {{name: {name}, connection: {conn % pw}, tables: [{{name: public.t{i}}}]{creds}}}\n"
+        for i, (name, pw, creds) in enumerate([("literal", "plain-pw", ""),
+                                               ("explicit", "env:PW", ", credentials: {mode: inline}"),
+                                               ("provider", "env:PW", "")])))
+    literal, explicit, provider = load_config(p).connectors
+    assert inline_credentials_finding(provider) is None
+    for spec, why, fix in ((literal, "a literal password in the YAML", "use a secret reference"),
+                           (explicit, "credentials.mode: inline", "remove `credentials.mode: inline`")):
+        f = inline_credentials_finding(spec)
+        assert f is not None and f.level == "warning"
+        assert f.problem == (f"connector {spec.name}: inline credentials ({why}): the database password will be "
+                             f"stored in plaintext in Kafka Connect's config topic (config.storage.topic, "
+                             f"cdcstream-connect-configs on the local stack) and returned by "
+                             f"GET /connectors/{spec.name}/config")
+        assert f.fix.startswith(fix) and "plain-pw" not in str(f)
 
 
 def test_provider_mode_puts_placeholders_in_the_config(tmp_path: Path) -> None:

@@ -60,3 +60,15 @@ def test_dockerfile_runs_the_worker_unprivileged_with_a_healthcheck() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "USER cdcstream" in text and "HEALTHCHECK" in text
     assert f"EXPOSE {Settings().web_port}" in text
+
+
+def test_connect_reads_the_workers_provider_credentials(compose: dict[str, Any]) -> None:
+    """Provider mode is the default for secret references: Connect must read the 0600 files the
+    worker's image writes, at the path the ``${dir:<path>:...}`` placeholders carry."""
+    import re
+
+    uid = re.search(r"--uid (\d+) cdcstream", (ROOT / "Dockerfile").read_text())
+    assert uid is not None and compose["connect"]["user"] == uid.group(1)
+    creds = compose["worker"]["environment"]["CDCSTREAM_CREDENTIALS_DIR"]
+    assert f"credentials:{creds}" in compose["worker"]["volumes"]
+    assert f"credentials:{creds}:ro" in compose["connect"]["volumes"]
