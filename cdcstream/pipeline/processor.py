@@ -103,6 +103,7 @@ class BatchProcessor:
         toast_missing: list[tuple[int, ChangeEvent, Route, RowState | None, list[IndexOp]]] = []
         mappings: dict[str, dict[str, Any]] = {}
         mapped: dict[str, dict[str, Any]] = {}  # alias -> the row schema its mapping was made from
+        schema_at: dict[str, int] = {}  # alias -> source version of an event with that schema
         seen: dict[str, RowState | None] = {}
         truncates: list[tuple[int, ChangeEvent, Route]] = []
         table_profiles: dict[str, ProcessingProfile] = {}
@@ -173,6 +174,7 @@ class BatchProcessor:
                     # Once per schema and batch: decoding shares one row schema among its events.
                     mapped[route.alias] = ev.row_schema
                     mappings[route.alias] = row_mapping(ev.row_schema, route.table.text_columns)
+                    schema_at[route.alias] = ev.position.version
                 index_ops.append(IndexOp("index", route.alias, ev.doc_id, ev.position.version, ref=i))
                 if profile.embeds:
                     full_rows.append((i, ev, route, state))
@@ -208,10 +210,11 @@ class BatchProcessor:
                 raise SinkUnavailable("elasticsearch", "not configured",
                                       "a table has an indexing profile: set elasticsearch_url")
             for alias, mapping in mappings.items():
-                await self.es.ensure_index(alias, mapping, self.router.index_settings(alias))
+                await self.es.ensure_index(alias, mapping, self.router.index_settings(alias), schema_at[alias])
             for ev_i, route, _ in ((events[i], r, s) for i, _, r, s in full_rows):
                 assert ev_i is not None
-                await self.es.ensure_index(route.chunks_alias, self._chunk_mapping(ev_i, route), route.index_settings)
+                await self.es.ensure_index(route.chunks_alias, self._chunk_mapping(ev_i, route), route.index_settings,
+                                           ev_i.position.version)
             res = await self.es.apply(index_ops)
             crash_point("after_bulk")
             failed_events: set[int] = set()

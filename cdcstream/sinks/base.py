@@ -78,8 +78,15 @@ class Mirror(Protocol):
     (``BulkResult.failed``); an outage makes it wait or raise, never drop an op.
     """
 
-    async def ensure_index(self, alias: str, mapping: dict[str, Any], settings: dict[str, Any] | None = None) -> None:
-        """Create the index behind ``alias`` on first use; add new fields to its mapping."""
+    async def ensure_index(self, alias: str, mapping: dict[str, Any], settings: dict[str, Any] | None = None,
+                           version: int = 0) -> None:
+        """Create the index behind ``alias`` on first use; add new fields to its mapping.
+
+        A field whose type changed incompatibly (``version``: the source position of an event
+        with this schema) starts a migration instead: the next generation of the index is
+        created and becomes the target of every write at once, the current one is copied into
+        it in the background and the alias swapped when complete. ``apply`` is durable in the
+        new generation from the moment this returns; searches read the old one until the swap."""
 
     async def apply(self, ops: list[IndexOp]) -> BulkResult:
         """Write ``ops``; per-item outcomes in the result."""

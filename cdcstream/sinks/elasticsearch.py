@@ -23,8 +23,10 @@ from elasticsearch import ApiError, AsyncElasticsearch, ConnectionError, NotFoun
 from elasticsearch.serializer import JsonSerializer, NdjsonSerializer
 
 from cdcstream.core import fastjson
+from cdcstream.core.faults import crash_point
 from cdcstream.core.masking import mask_es_reason
 from cdcstream.sinks.base import BulkResult, IndexOp, OnWait, SinkUnavailable
+from cdcstream.sinks.migration import Migration, convert_document, incompatible_fields
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,26 @@ def physical(alias: str, generation: int = 1) -> str:
     return f"{alias}-{generation:06d}"
 
 
+def _generation(alias: str, name: str) -> int | None:
+    """The generation of ``name`` if it is one of ``alias``'s indices (``<alias>-000002``;
+    not ``<alias>-chunks-000001``, another alias's)."""
+    base, _, gen = name.rpartition("-")
+    return int(gen) if base == alias and gen.isdigit() and len(gen) == 6 else None
+
+
+def _gen(name: str) -> int:
+    return int(name.rsplit("-", 1)[1])
+
+
+#: The key of cdcstream's marker in an index's ``_meta``: the schema version a generation was
+#: built for, and while it is being filled, the generation it is filled from.
+MARK = "cdcstream"
+#: How long a delete's tombstone is kept in a generation being filled: a copied document older
+#: than a delete written meanwhile must find it (Elasticsearch's default is 60 s).
+FILL_GC_DELETES = "12h"
+FILL_PAGE = 500
+
+
 class EsMirror:
     def __init__(self, client: AsyncElasticsearch, *, max_backoff: float = 10.0, request_timeout: float = 30.0,
                  retry_for: float | None = None, on_wait: OnWait | None = None) -> None:
@@ -109,35 +131,215 @@ class EsMirror:
         # then simply stops consuming: backpressure, not memory growth).
         self.retry_for = retry_for
         self.on_wait = on_wait
-        self._known: dict[str, set[str]] = {}  # alias -> mapped top-level fields
+        self._known: dict[str, dict[str, Any]] = {}  # alias -> its write index's mapped properties
+        # alias -> source version of the schema its generation was built for (0: the first).
+        self._schema_version: dict[str, int] = {}
+        self._migrated: dict[str, set[str]] = {}  # alias -> top-level fields its migrations changed
+        self.migrations: dict[str, Migration] = {}  # alias -> its rebuild in progress
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # --- indices ---------------------------------------------------------------------
-    async def ensure_index(self, alias: str, mapping: dict[str, Any], settings: dict[str, Any] | None = None) -> None:
-        """Create the index behind ``alias`` on first use; add new fields (DDL) to its mapping."""
-        props = set(mapping.get("properties", {}))
+    async def ensure_index(self, alias: str, mapping: dict[str, Any], settings: dict[str, Any] | None = None,
+                           version: int = 0) -> None:
+        """Create the index behind ``alias`` on first use; add new fields (DDL) to its mapping.
+
+        A field whose type the index cannot change in place starts a migration (the next
+        generation, filled in the background, then swapped in; :meth:`_migrate`), unless the
+        schema is older than the one the index was last rebuilt for (``version``: the source
+        position of the newest event with this schema): a late event of another partition
+        must not rebuild the index back. Its documents are converted on refusal (``apply``).
+        """
+        props = mapping.get("properties", {})
         known = self._known.get(alias)
-        if known is not None and props <= known:
+        if known is not None and all(known.get(k) == v for k, v in props.items()):
             return
-        exists = await self._retrying(lambda: self.es.indices.exists_alias(name=alias))
-        if not exists:
-            body_settings = {"number_of_shards": 1, "number_of_replicas": 0, **(settings or {})}
+        if known is None:
+            known = await self._load(alias)
+            if known is None:
+                await self._create(alias, mapping, settings)
+                self._known[alias] = dict(props)
+                return
+        changed = incompatible_fields(known, props)
+        if changed and version < self._schema_version.get(alias, 0):
+            return  # an older schema: written as it is, converted if refused
+        if not changed:
+            differing = {k: v for k, v in props.items() if known.get(k) != v}
             try:
-                await self._retrying(lambda: self.es.indices.create(
-                    index=physical(alias), mappings=mapping, settings=body_settings,
-                    aliases={alias: {"is_write_index": True}}))
+                await self._retrying(lambda: self.es.indices.put_mapping(index=self._write_index(alias),
+                                                                         properties=differing))
             except ApiError as e:
-                if e.meta.status != 400 or "resource_already_exists" not in str(e):
+                if e.meta.status != 400:
                     raise
-        elif known is None or not props <= known:
-            try:
-                await self._retrying(lambda: self.es.indices.put_mapping(index=alias,
-                                                                         properties=mapping["properties"]))
-            except ApiError as e:
-                if e.meta.status == 400:
-                    # A field's type changed incompatibly: no document of the batch is at fault.
-                    raise SinkUnavailable("elasticsearch", "mapping conflict", f"{alias}: {_error_type(e)}") from e
+                # Not foreseen by incompatible_fields: Elasticsearch has the last word.
+                log.warning("%s: mapping refused (%s); rebuilding the index", alias, _error_type(e))
+                changed = sorted(differing)
+        if changed:
+            if alias in self.migrations:
+                # A second incompatible change while the first is copied: wait for the swap.
+                raise SinkUnavailable("elasticsearch", "migration in progress",
+                                      f"{alias}: {', '.join(changed)} changed again")
+            await self._migrate(alias, {**mapping, "properties": {**known, **props}}, changed, settings, version)
+        self._known[alias] = {**known, **props}
+
+    async def _create(self, alias: str, mapping: dict[str, Any], settings: dict[str, Any] | None) -> None:
+        body_settings = {"number_of_shards": 1, "number_of_replicas": 0, **(settings or {})}
+        try:
+            await self._retrying(lambda: self.es.indices.create(
+                index=physical(alias), mappings=mapping, settings=body_settings,
+                aliases={alias: {"is_write_index": True}}))
+        except ApiError as e:
+            if e.meta.status != 400 or "resource_already_exists" not in str(e):
                 raise
-        self._known[alias] = props | (known or set())
+
+    async def _load(self, alias: str) -> dict[str, Any] | None:
+        """The mapped properties of the index behind ``alias`` (None: no such alias), read once
+        per process. A generation left half-built by a crash is resumed, one left over by a
+        crash right after its swap is deleted."""
+        if not await self._retrying(lambda: self.es.indices.exists_alias(name=alias)):
+            return None
+        behind = sorted((await self._retrying(lambda: self.es.indices.get_alias(name=alias))).body)
+        current = behind[-1]
+        found = await self._retrying(lambda: self.es.indices.get_mapping(index=f"{alias}-*"))
+        ours = {n: v.get("mappings", {}) for n, v in found.body.items() if _generation(alias, n) is not None}
+        props = dict(ours.get(current, {}).get("properties", {}))
+        mark = ours.get(current, {}).get("_meta", {}).get(MARK, {})
+        self._schema_version[alias] = int(mark.get("schema_version", 0))
+        self._migrated[alias] = {p.split(".", 1)[0] for p in mark.get("changed", [])}
+        if "migrating_from" in mark:  # swapped in, but killed before its marker was cleared
+            await self._finish(current, self._schema_version[alias], list(mark.get("changed", [])))
+        for name, m in sorted(ours.items()):
+            if name in behind:
+                continue
+            meta = m.get("_meta", {}).get(MARK, {})
+            if meta.get("migrating_from") in behind and _gen(name) > _gen(current):
+                mig = Migration(alias, meta["migrating_from"], name, dict(m.get("properties", {})),
+                                list(meta.get("changed", [])), int(meta.get("schema_version", 0)), resumed=True)
+                log.warning("%s: resuming the migration %s -> %s", alias, mig.source, name)
+                self._start(mig)
+                props = mig.properties
+            elif _gen(name) < _gen(current):
+                log.warning("%s: deleting %s, left over after its swap", alias, name)
+                await self._retrying(lambda name=name: self.es.indices.delete(index=name, ignore_unavailable=True))
+        return props
+
+    # --- migrations: rebuild into the next generation, then swap ---------------------------
+    #
+    # While a generation is filled, every write goes to it (the authoritative copy: an event is
+    # acked only once its write is there) and none to the old one, which may refuse the new
+    # type; searches read the old one through the alias until the swap, so they keep
+    # answering, without the changes made meanwhile. The fill copies each document with its
+    # stored version as an external version: a change written meanwhile is newer and wins
+    # (409), a delete written meanwhile leaves a tombstone kept for FILL_GC_DELETES.
+    def _write_index(self, alias: str) -> str:
+        mig = self.migrations.get(alias)
+        return mig.target if mig is not None else alias
+
+    async def _migrate(self, alias: str, mapping: dict[str, Any], changed: list[str],
+                       settings: dict[str, Any] | None, version: int) -> None:
+        """Create the next generation of ``alias`` with ``mapping`` and start filling it."""
+        behind = sorted((await self._retrying(lambda: self.es.indices.get_alias(name=alias))).body)
+        source = behind[-1]
+        current = await self._retrying(lambda: self.es.indices.get_settings(index=source))
+        kept = kept_settings(next(iter(current.body.values()))["settings"])
+        target = physical(alias, _gen(source) + 1)
+        meta = {MARK: {"migrating_from": source, "schema_version": version, "changed": changed}}
+        body_settings = {"number_of_shards": 1, "number_of_replicas": 0, **kept, **(settings or {}),
+                         "gc_deletes": FILL_GC_DELETES}
+        try:
+            await self._retrying(lambda: self.es.indices.create(
+                index=target, mappings={**mapping, "_meta": meta}, settings=body_settings))
+        except ApiError as e:
+            # Another worker started the same migration: fill it too (copies are idempotent).
+            if e.meta.status != 400 or "resource_already_exists" not in str(e):
+                raise
+        log.warning("%s: %s changed type incompatibly; rebuilding %s -> %s", alias, ", ".join(changed), source, target)
+        self._start(Migration(alias, source, target, mapping["properties"], changed, version))
+
+    def _start(self, mig: Migration) -> None:
+        self.migrations[mig.alias] = mig
+        self._schema_version[mig.alias] = mig.schema_version
+        self._migrated[mig.alias] = mig.top_fields
+        task = asyncio.get_running_loop().create_task(self._run(mig), name=f"migrate {mig.alias}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, mig: Migration) -> None:
+        """Fill, then swap; an error is retried with backoff (the generation stays, and every
+        write keeps going to it), never given up: the alias is swapped only when complete."""
+        backoff = 1.0
+        while True:
+            mig.attempts += 1
+            try:
+                if not await self._swapped(mig):
+                    await self._fill(mig)
+                    await self._swap_in(mig)
+                await self._finish(mig.target, mig.schema_version, mig.changed)
+                await self._retrying(lambda: self.es.indices.delete(index=mig.source, ignore_unavailable=True))
+                del self.migrations[mig.alias]
+                log.warning("%s: migrated to %s (%d documents, %.0f/s)", mig.alias, mig.target, mig.copied,
+                            mig.view()["docs_per_s"])
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - operational (the cluster): retry the fill
+                mig.error = f"{type(e).__name__}: {_error_type(e) if isinstance(e, ApiError) else e}"[:300]
+                log.warning("%s: migration to %s failed (%s); again in %.0fs", mig.alias, mig.target, mig.error,
+                            backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    async def _fill(self, mig: Migration) -> None:
+        """Copy ``mig.source`` into ``mig.target`` by scroll + bulk (the node has no reindex),
+        converting the changed fields; from the start on each attempt (copies are idempotent)."""
+        es = self.es
+        await self._retrying(lambda: es.indices.refresh(index=mig.source))
+        mig.total = int((await self._retrying(lambda: es.count(index=mig.source)))["count"])
+        mig.copied = 0
+        fields = mig.top_fields
+        resp = await self._retrying(lambda: es.search(index=mig.source, scroll="5m", size=FILL_PAGE,
+                                                      sort=["_doc"], version=True))
+        sid = resp.get("_scroll_id")
+        try:
+            while hits := resp["hits"]["hits"]:
+                ops = []
+                for h in hits:
+                    doc, dropped = convert_document(h["_source"], mig.properties, fields)
+                    mig.dropped_values += len(dropped)
+                    ops.append(IndexOp("index", mig.target, h["_id"], h["_version"], doc))
+                res = await self.apply(ops)
+                for op, reason in res.failed:
+                    mig.refused += 1
+                    log.error("%s: the copy of %s was refused: %s", mig.target, op.id, reason)
+                mig.copied += len(hits)
+                crash_point("mid_migration")
+                resp = await self._retrying(lambda sid=sid: es.scroll(scroll_id=sid, scroll="5m"))
+                sid = resp.get("_scroll_id", sid)
+        finally:
+            if sid:
+                with contextlib.suppress(Exception):
+                    await es.clear_scroll(scroll_id=sid)
+
+    async def _swapped(self, mig: Migration) -> bool:
+        behind = await self._retrying(lambda: self.es.indices.get_alias(name=mig.alias))
+        return mig.target in behind.body
+
+    async def _swap_in(self, mig: Migration) -> None:
+        """Point the alias at the filled generation in one ``_aliases`` call."""
+        es = self.es
+        await self._retrying(lambda: es.indices.refresh(index=mig.target))  # searchable at the swap
+        await self._retrying(lambda: es.indices.update_aliases(actions=[
+            {"remove": {"index": mig.source, "alias": mig.alias}},
+            {"add": {"index": mig.target, "alias": mig.alias, "is_write_index": True}}]))
+        crash_point("after_migration_swap")
+
+    async def _finish(self, index: str, schema_version: int, changed: list[str]) -> None:
+        """Clear the fill's marker and tombstone retention of a generation now behind its alias."""
+        await self._retrying(lambda: self.es.indices.put_settings(index=index, settings={"index.gc_deletes": None}))
+        meta = {MARK: {"schema_version": schema_version, "changed": changed}}
+        await self._retrying(lambda: self.es.indices.put_mapping(index=index, meta=meta))
+
+    def migration_views(self) -> list[dict[str, Any]]:
+        return [m.view() for m in self.migrations.values()]
 
     async def swap(self, alias: str, mapping: dict[str, Any], settings: dict[str, Any] | None = None) -> str:
         """Point ``alias`` at a fresh, empty index (an incompatible mapping change); drop the old one.
@@ -159,7 +361,7 @@ class EsMirror:
         await self.es.indices.update_aliases(actions=actions)
         for o in old:
             await self.es.indices.delete(index=o)
-        self._known[alias] = set(mapping.get("properties", {}))
+        self._known[alias] = dict(mapping.get("properties", {}))
         return new
 
     async def delete_older_than(self, alias: str, version: int) -> int:
@@ -168,9 +370,13 @@ class EsMirror:
         # scroll the ids, bulk the deletes.
         if not await self._retrying(lambda: self.es.indices.exists_alias(name=alias)):
             return 0
-        await self._retrying(lambda: self.es.indices.refresh(index=alias))
+        mig = self.migrations.get(alias)
+        # While migrating, documents are in either generation; the deletes go to the new one
+        # (a tombstone there stops the copy of an older document).
+        read = f"{mig.source},{mig.target}" if mig is not None else alias
+        await self._retrying(lambda: self.es.indices.refresh(index=read))
         deleted = 0
-        resp = await self._retrying(lambda: self.es.search(index=alias, scroll="2m", size=2000, sort=["_doc"],
+        resp = await self._retrying(lambda: self.es.search(index=read, scroll="2m", size=2000, sort=["_doc"],
                                                            source=False))
         sid = resp.get("_scroll_id")
         try:
@@ -195,8 +401,12 @@ class EsMirror:
         if not await self._retrying(lambda: self.es.indices.exists_alias(name=alias)):
             return False
         resp = await self._retrying(lambda: self.es.indices.get_alias(name=alias))
-        for idx in resp.body:
-            await self._retrying(lambda idx=idx: self.es.indices.delete(index=idx))
+        mig = self.migrations.pop(alias, None)
+        doomed = [*resp.body, *([mig.target] if mig else [])]
+        for task in [t for t in self._tasks if t.get_name() == f"migrate {alias}"]:
+            task.cancel()
+        for idx in doomed:
+            await self._retrying(lambda idx=idx: self.es.indices.delete(index=idx, ignore_unavailable=True))
         self._known.pop(alias, None)
         return True
 
@@ -205,12 +415,14 @@ class EsMirror:
         """Write ``ops`` durably (retrying retryable failures); report per-item outcomes."""
         result = BulkResult()
         pending = list(ops)
+        converted: set[int] = set()  # ops whose document was converted to the index's mapping
         backoff = 0.2
         started = time.monotonic()
         while pending:
             body: list[dict[str, Any]] = []
             for op in pending:
-                meta = {"_index": op.index, "_id": op.id, "version": op.version, "version_type": "external"}
+                meta = {"_index": self._write_index(op.index), "_id": op.id, "version": op.version,
+                        "version_type": "external"}
                 body.append({op.action: meta})
                 if op.action == "index":
                     body.append(op.doc or {})
@@ -227,6 +439,7 @@ class EsMirror:
                 result.retries += 1
                 continue
             retry: list[IndexOp] = []
+            again: list[IndexOp] = []  # converted to the index's mapping: sent again at once
             for op, item in zip(pending, resp["items"], strict=True):
                 r = item.get(op.action, {})
                 st = r.get("status", 0)
@@ -247,6 +460,8 @@ class EsMirror:
                     err = r.get("error", {})
                     raise SinkUnavailable("elasticsearch", f"HTTP {st} ({err.get('type', 'item refused')})",
                                           f"{op.index}")
+                elif self._converts(op, converted):
+                    again.append(op)
                 else:
                     err = r.get("error", {})
                     # The reason quotes the refused value: keep its type and length only (it goes
@@ -256,8 +471,22 @@ class EsMirror:
             if retry:
                 backoff = await self._wait(backoff, started, f"{len(retry)} bulk items rejected (429/5xx)")
                 result.retries += 1
-            pending = retry
+            pending = retry + again
         return result
+
+    def _converts(self, op: IndexOp, converted: set[int]) -> bool:
+        """A refused document written with an older schema than its index's (a late event of
+        another partition after a migration): its migrated fields converted to the index's
+        mapping, once, when every value has a form of the new type (else it is refused)."""
+        known, fields = self._known.get(op.index), self._migrated.get(op.index)
+        if op.action != "index" or op.doc is None or not known or not fields or id(op) in converted:
+            return False
+        doc, dropped = convert_document(op.doc, known, fields)
+        if dropped:
+            return False
+        converted.add(id(op))
+        op.doc = doc
+        return True
 
     async def _wait(self, backoff: float, started: float, why: str, exc: BaseException | None = None) -> float:
         if self.on_wait is not None:
@@ -286,8 +515,18 @@ class EsMirror:
         wanted = list(ids)
         if not wanted:
             return {}
+        mig = self.migrations.get(index)
+        found = await self._mget(mig.target if mig else index, wanted, source)
+        if mig is not None:
+            # Not yet copied, nor changed since the migration began: the old generation has it.
+            found.update(await self._mget(mig.source, [i for i in wanted if i not in found], source))
+        return found
+
+    async def _mget(self, index: str, ids: list[str], source: list[str] | None) -> dict[str, dict[str, Any]]:
+        if not ids:
+            return {}
         try:
-            resp = await self._retrying(lambda: self.es.mget(index=index, ids=wanted, source=source or True))
+            resp = await self._retrying(lambda: self.es.mget(index=index, ids=ids, source=source or True))
         except NotFoundError:
             return {}
         return {d["_id"]: d.get("_source", {}) for d in resp["docs"] if d.get("found")}

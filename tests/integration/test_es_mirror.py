@@ -12,6 +12,7 @@ from elasticsearch import AsyncElasticsearch
 from cdcstream.sinks.base import IndexOp
 from cdcstream.sinks.documents import row_mapping
 from cdcstream.sinks.elasticsearch import EsMirror
+from tests.support.es import drop_generations
 
 pytestmark = pytest.mark.integration
 
@@ -28,10 +29,7 @@ async def mirror(require: Callable[[str], dict[str, Any]]) -> AsyncIterator[tupl
     try:
         yield m, alias
     finally:
-        # Elasticsearch 8 refuses wildcard deletes (action.destructive_requires_name): name them.
-        names = list((await es.indices.get(index=f"{alias}-*")).body)
-        if names:
-            await es.indices.delete(index=names)
+        await drop_generations(es, alias)
         await es.close()
 
 

@@ -18,7 +18,7 @@ class MemoryMirror:
         self.docs: dict[tuple[str, str], tuple[int, dict[str, Any] | None]] = {}
         self.mappings: dict[str, dict[str, Any]] = {}
 
-    async def ensure_index(self, alias: str, mapping: dict[str, Any], settings: Any = None) -> None:
+    async def ensure_index(self, alias: str, mapping: dict[str, Any], settings: Any = None, version: int = 0) -> None:
         self.mappings[alias] = mapping
 
     async def apply(self, ops: list[IndexOp]) -> BulkResult:
