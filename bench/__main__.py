@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench import chunking as chunking_bench
-from bench import embedding_cost, latency, recovery, search_relevance, throughput
+from bench import embedding_cost, latency, migration, recovery, search_relevance, throughput
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,6 +50,7 @@ SCENARIOS: dict[str, Scenario] = {
     "latency": latency.Latency(),
     "snapshot-recovery": recovery.SnapshotRecovery(),
     "search-relevance": search_relevance.SearchRelevance(),
+    "migration": migration.Migration(),
 }
 
 

@@ -170,8 +170,12 @@ class BatchProcessor:
                     if missing:
                         toast_missing.append((i, ev, route, state, []))
                 new_state.toast = keep_toast(ev.after)
-                if ev.row_schema and mapped.get(route.alias) is not ev.row_schema:
+                if (ev.row_schema and mapped.get(route.alias) is not ev.row_schema
+                        and ev.position.version >= schema_at.get(route.alias, -1)):
                     # Once per schema and batch: decoding shares one row schema among its events.
+                    # The newest schema wins: an older one from another partition later in the
+                    # batch would hide a type change (its event was dead-lettered, found by
+                    # tests/e2e/test_migration.py).
                     mapped[route.alias] = ev.row_schema
                     mappings[route.alias] = row_mapping(ev.row_schema, route.table.text_columns)
                     schema_at[route.alias] = ev.position.version

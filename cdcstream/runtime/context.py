@@ -125,6 +125,8 @@ class Pipeline:
         secrets (a rotated or corrected password is picked up without a restart)."""
         async with self._ready:
             es, self.es = self.es, None
+            if self.mirror is not None:
+                self.mirror.stop()  # a rebuild's fill resumes with the new client
             self.processor = self.mirror = self.archive = self.embedder = None
         if es is not None:
             with contextlib.suppress(Exception):

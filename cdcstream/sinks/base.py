@@ -102,3 +102,9 @@ class Mirror(Protocol):
 
     async def drop(self, alias: str) -> bool:
         """Delete every index behind ``alias``; False if there was none."""
+
+    def migration_views(self) -> list[dict[str, Any]]:
+        """The index rebuilds in progress (``/status``): alias, generations, copied, total, rate."""
+
+    def stop(self) -> None:
+        """Stop background work (a rebuild's fill) before the client closes; it resumes later."""

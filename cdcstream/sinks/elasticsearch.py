@@ -341,6 +341,11 @@ class EsMirror:
     def migration_views(self) -> list[dict[str, Any]]:
         return [m.view() for m in self.migrations.values()]
 
+    def stop(self) -> None:
+        """Stop filling (the client is about to close): the next mirror resumes the fill."""
+        for task in self._tasks:
+            task.cancel()
+
     async def swap(self, alias: str, mapping: dict[str, Any], settings: dict[str, Any] | None = None) -> str:
         """Point ``alias`` at a fresh, empty index (an incompatible mapping change); drop the old one.
 

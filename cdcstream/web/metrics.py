@@ -116,4 +116,10 @@ def render(snapshot: dict[str, Any]) -> str:
                   "1 while this worker waits for a sink (operational error; nothing acked), by sink and reason.")
     for b in snapshot.get("blocked") or []:
         blocked.add(1, sink=b["sink"], reason=b["reason"])
+    copied = fam("cdcstream_migration_copied_docs", "gauge",
+                 "Documents copied so far into an index generation rebuilt for a column type change.")
+    total = fam("cdcstream_migration_total_docs", "gauge", "Documents to copy in that rebuild.")
+    for m in snapshot.get("migrations") or []:
+        copied.add(m["copied"], index=m["index"])
+        total.add(m["total"], index=m["index"])
     return "\n".join(line for f in fams for line in f.lines()) + "\n"

@@ -146,6 +146,12 @@ def render_status(snap: dict[str, Any]) -> str:
         f'tables {_e(", ".join(b["tables"]))}; nothing is acked meanwhile: fix the cause, or '
         f'<code>cdcstream dlq skip TABLE</code> if the event is at fault)</p>'
         for b in snap.get("blocked") or [])
+    migrating = "".join(
+        f'<p class="warn" id="migration">rebuilding <b>{_e(m["index"])}</b> ({_e(", ".join(m["changed"]))} changed '
+        f'type): {_e(m["from"])} → {_e(m["to"])}, {_n(m["copied"])} / {_n(m["total"])} documents copied, '
+        f'{_e(m["docs_per_s"])}/s; searches read {_e(m["from"])} until the swap'
+        f'{" — last error: " + _e(m["error"]) if m["error"] else ""}</p>'
+        for m in snap.get("migrations") or [])
     lag_err = f'<p class="bad">consumer lag unavailable: {_e(snap["lag_error"])}</p>' if snap.get("lag_error") else ""
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap["ts"]))
     return f"""<!doctype html>
@@ -158,6 +164,7 @@ def render_status(snap: dict[str, Any]) -> str:
 <p class="muted">served by {_e(snap["worker"])} at {_e(when)} · cluster-wide totals · refreshes every {REFRESH_S} s
 · workers: {workers or "none yet"} · <a href="/metrics">metrics</a> · <a href="/api/openapi.json">API</a></p>
 {blocked}
+{migrating}
 <h2>Throughput and lag</h2>
 {chart_svg(snap.get("series") or [])}
 {lag_err}

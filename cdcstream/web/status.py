@@ -352,6 +352,7 @@ class StatusService:
         # Debezium marked the table's last snapshot row: done, whatever the table holds since.
         done = finished > 0 and finished >= started
         progress = 1.0 if done else None if not src else min(1.0, read / src)
+        migrating = self.migrations()
         return {
             "id": table_id(route), "table": key, "name": str(route.table_id), "index": route.alias,
             "chunks_index": route.chunks_alias if profile.embeds else None,
@@ -364,6 +365,8 @@ class StatusService:
             "documents": docs.get(route.alias), "chunks": docs.get(route.chunks_alias),
             "embed_tokens": int(stats.get("embed_tokens", 0)), "tokens_saved": int(stats.get("tokens_saved", 0)),
             "dlq": int(stats.get("dlq", 0)),
+            # An index generation being rebuilt for a column's type change (row or chunks index).
+            "migration": migrating.get(route.alias) or migrating.get(route.chunks_alias),
             "snapshot": {"rows_read": read, "source_rows": src, "progress": progress, "done": done,
                          "finished_ms": finished if done else None,
                          "duration_s": round((finished - started) / 1000, 1) if done and started else None},
@@ -396,7 +399,13 @@ class StatusService:
                 "workers": self.workers(), "series": self.sampler.series(), "lag_error": self.sampler.lag_error,
                 "in_flight": {"messages": int(self.pipe.app.monitor.messages_active),
                               "cap": in_flight_cap(self.pipe.settings, self.pipe.router)},
+                "migrations": list(self.migrations().values()),
                 "blocked": self.blocked()}
+
+    def migrations(self) -> dict[str, dict[str, Any]]:
+        """Index rebuilds in progress on this worker (alias -> copied, total, rate)."""
+        mirror = self.pipe.mirror
+        return {} if mirror is None else {m["index"]: m for m in mirror.migration_views()}
 
     def blocked(self) -> list[dict[str, Any]]:
         """Sinks this worker waits for (an operational error; nothing is acked meanwhile)."""

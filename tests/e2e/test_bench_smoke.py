@@ -147,3 +147,14 @@ def test_search_relevance_smoke(require: Callable[[str], dict[str, Any]]) -> Non
     # calls: a margin of one question.
     for k in ("hit@5", "mrr@10", "ndcg@10"):
         assert r["modes"]["hybrid"][k] >= max(r["modes"]["keyword"][k], r["modes"]["semantic"][k]) - 1 / r["queries"], k
+
+
+def test_migration_smoke(require: Callable[[str], dict[str, Any]]) -> None:
+    require("elasticsearch")
+    from bench import migration
+
+    r = migration.Migration.run("smoke")
+    assert r["copied"] == r["documents_after"] == r["rows"] == 2000
+    assert r["generations_after"] == [r["generations_after"][0]] and r["generations_after"][0].endswith("-000002")
+    assert r["qty_type_after"] == "text" and r["dropped_values"] == r["refused"] == 0
+    assert r["search_failure_count"] == 0 and r["rebuild_docs_per_s"] > 0

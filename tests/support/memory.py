@@ -36,6 +36,12 @@ class MemoryMirror:
                 r.deleted += 1
         return r
 
+    def stop(self) -> None:
+        pass
+
+    def migration_views(self) -> list[dict[str, Any]]:
+        return []  # a type change rebuilds nothing here: the real node's is tests/integration/test_es_migration.py
+
     async def get_many(self, index: str, ids: Any, source: Any = None) -> dict[str, dict[str, Any]]:
         return {i: d for i in ids if (d := (self.docs.get((index, i)) or (0, None))[1]) is not None}
 
