@@ -19,13 +19,15 @@ import click
 
 
 class ApiClient:
-    def __init__(self, base_url: str, token: str | None, timeout: float = 120.0) -> None:
+    def __init__(self, base_url: str, token: str | None, timeout: float = 120.0, verify: str | bool = True) -> None:
         import requests
 
         self.base = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
         self.http = requests.Session()
+        # Per request: a Session-level verify loses to REQUESTS_CA_BUNDLE, worker_ca must win.
+        self.verify = verify
 
     def call(self, method: str, path: str, *, params: Any = None, body: Any = None) -> tuple[int, Any]:
         import requests
@@ -33,7 +35,13 @@ class ApiClient:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
             r = self.http.request(method, self.base + path, params=params, json=body, headers=headers,
-                                  timeout=self.timeout)
+                                  timeout=self.timeout, verify=self.verify)
+        except requests.exceptions.SSLError as e:
+            from cdcstream.web.client import tls_reason
+
+            raise click.ClickException(f"TLS with the worker at {self.base} failed ({tls_reason(e)}): set "
+                                       f"CDCSTREAM_WORKER_CA (or REQUESTS_CA_BUNDLE) to the CA that signed its "
+                                       f"certificate") from None
         except requests.ConnectionError:
             raise click.ClickException(f"no worker answers at {self.base}: is `cdcstream worker` running "
                                        f"(settings web_host/web_port)?") from None
@@ -63,11 +71,7 @@ def _client(need_token: bool) -> ApiClient:
     elif need_token:
         raise click.ClickException("this command needs the admin API token: set CDCSTREAM_API_TOKEN to a secret "
                                    "reference (e.g. env:CDCSTREAM_TOKEN), as for the worker")
-    # A worker bound to every interface (0.0.0.0, ::) answers on loopback too.
-    host = "127.0.0.1" if s.web_host in ("0.0.0.0", "::", "") else s.web_host  # noqa: S104 - a comparison
-    if ":" in host:
-        host = f"[{host}]"
-    return ApiClient(f"http://{host}:{s.web_port}", token)
+    return ApiClient(s.worker_api_url, token, verify=s.worker_verify)
 
 
 def _fail(status: int, data: Any) -> None:

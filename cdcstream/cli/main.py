@@ -116,8 +116,7 @@ def connectors() -> None:
 
 
 def _worker_url(s: Any) -> str:
-    host = "127.0.0.1" if s.web_host in ("0.0.0.0", "::", "") else s.web_host  # noqa: S104 - a bind-all address
-    return f"http://{host}:{s.web_port}"
+    return str(s.worker_api_url)
 
 
 def _api_token(s: Any) -> str | None:
@@ -142,7 +141,7 @@ def connectors_plan(config_path: str | None) -> None:
     live: dict[str, str] | None = None
     why = ""
     try:
-        live = live_profiles(_worker_url(s), _api_token(s))
+        live = live_profiles(_worker_url(s), _api_token(s), verify=s.worker_verify)
     except WorkerUnreachable as e:
         why = str(e)
     try:
@@ -189,10 +188,11 @@ def connectors_apply(config_path: str | None, reset_profiles: bool) -> None:
         res = lc.apply(cfg, client, Resolver(), s.kafka_bootstrap, log_fn=click.echo, app_id=s.app_id)
         actions = list(res.actions)
         if reset_profiles:
-            live = worker_api.live_profiles(_worker_url(s), _api_token(s))
+            live = worker_api.live_profiles(_worker_url(s), _api_token(s), verify=s.worker_verify)
             drift = [d for spec in cfg.connectors for d in worker_api.profile_drift(spec, live)]
             for line in worker_api.reset_profiles(drift, app_id=s.app_id, kafka_bootstrap=s.kafka_bootstrap,
-                                          web_url=_worker_url(s), token=_api_token(s)):
+                                          web_url=_worker_url(s), token=_api_token(s),
+                                          verify=s.worker_verify):
                 click.echo(line)
                 actions.append(line)
     except worker_api.WorkerUnreachable as e:
@@ -593,8 +593,8 @@ def demo(no_worker: bool) -> None:
     s = _settings()
     apply(_config(None), _client(), Resolver(), s.kafka_bootstrap, log_fn=click.echo, app_id=s.app_id)
     click.echo("\nWhere to look:")
-    click.echo(f"  status page     http://{s.web_host}:{s.web_port}/status")
-    click.echo(f"  tables (JSON)   http://{s.web_host}:{s.web_port}/api/tables")
+    click.echo(f"  status page     {s.worker_api_url}/status")
+    click.echo(f"  tables (JSON)   {s.worker_api_url}/api/tables")
     click.echo(f"  Elasticsearch   {s.es_http_url}/demo-pg-public-*/_search")
     click.echo(f"  archive         {env['CDCSTREAM_ARCHIVE_URL']}")
     click.echo("  logs            .stack/logs/<service>.log")

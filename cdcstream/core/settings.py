@@ -74,6 +74,17 @@ class Settings(BaseSettings):
                           "requires a token for every endpoint except /healthz; without one the worker refuses "
                           "to start.")
     web_port: int = Field(6066, description="Status pages and API port.")
+    web_tls_cert: Path | None = Field(None, description="PEM certificate chain (server certificate first): the "
+                                      "worker serves its pages and API over HTTPS only (plain HTTP to the port "
+                                      "fails). Needs web_tls_key. The CLI then talks https to the worker.")
+    web_tls_key: Any = Field(None, description="The certificate's private key (unencrypted PEM): a path or a "
+                             "secret reference (file:/path, env:NAME, vault:mount/path#key).")
+    worker_url: str | None = Field(None, description="Where the CLI reaches the worker API, e.g. "
+                                   "`https://cdc.example.internal:6066`; default: from web_host, web_port and "
+                                   "web_tls_cert (https when set; 127.0.0.1 for a worker bound to every interface).")
+    worker_ca: Path | None = Field(None, description="CA bundle the CLI verifies the worker's HTTPS certificate "
+                                   "with, for the worker API only (otherwise requests' default store, which "
+                                   "REQUESTS_CA_BUNDLE replaces for every HTTPS call of the process).")
     partitions: int = Field(4, ge=1, description="Partitions of every captured topic and of the per-row tables; "
                                                   "`cdcstream topics plan` checks they agree.")
     replication_factor: int = Field(1, ge=1, description="Replication factor of the internal topics.")
@@ -171,6 +182,18 @@ class Settings(BaseSettings):
     def _secret(cls, v: Any, info: Any) -> SecretRef | None:
         return _ref(v, info.field_name)
 
+    @field_validator("web_tls_key", mode="before")
+    @classmethod
+    def _tls_key(cls, v: Any) -> SecretRef | None:
+        # A key file is the usual form: a bare absolute path means file:<path>.
+        return _ref(f"file:{v}" if isinstance(v, str) and v.startswith("/") else v, "web_tls_key")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.web_tls_cert is None) != (self.web_tls_key is None):
+            raise ValueError("web_tls_cert and web_tls_key go together (CDCSTREAM_WEB_TLS_CERT, CDCSTREAM_WEB_TLS_KEY)")
+        return self
+
     @field_validator("elasticsearch_url")
     @classmethod
     def _es(cls, v: str | None) -> str | None:
@@ -213,6 +236,26 @@ class Settings(BaseSettings):
     def web_exposed(self) -> bool:
         """The web server is reachable from other machines: every endpoint but /healthz needs a token."""
         return not is_loopback(self.web_host)
+
+    @property
+    def web_tls(self) -> bool:
+        return self.web_tls_cert is not None
+
+    @property
+    def worker_api_url(self) -> str:
+        """Where the CLI reaches the worker's API: ``worker_url``, else this worker's own address (one
+        bound to every interface answers on loopback)."""
+        if self.worker_url:
+            return self.worker_url.rstrip("/")
+        host = "127.0.0.1" if self.web_host in ("0.0.0.0", "::", "") else self.web_host  # noqa: S104 - a comparison
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if self.web_tls else 'http'}://{host}:{self.web_port}"
+
+    @property
+    def worker_verify(self) -> str | bool:
+        """``verify=`` for requests to the worker API: ``worker_ca`` when set, else requests' default."""
+        return str(self.worker_ca) if self.worker_ca is not None else True
 
     @property
     def reads_open(self) -> bool:

@@ -620,9 +620,8 @@ def live_profile(settings: Any, route: Route) -> ProcessingProfile | None:
     """The profile the running worker applies (profiles can be switched at runtime), if one answers."""
     import requests
 
-    host = "127.0.0.1" if settings.web_host in ("0.0.0.0", "::", "") else settings.web_host  # noqa: S104
     try:
-        r = requests.get(f"http://{host}:{settings.web_port}/api/tables", timeout=3)
+        r = requests.get(f"{settings.worker_api_url}/api/tables", timeout=3, verify=settings.worker_verify)
         tables = r.json()["tables"] if r.status_code == 200 else []
     except (requests.RequestException, ValueError, KeyError):
         return None

@@ -8,6 +8,7 @@ import faust
 
 from cdcstream.core.config import Config
 from cdcstream.core.settings import Settings
+from cdcstream.core.tls import server_ssl_context
 from cdcstream.runtime import consumer as faust_fixes
 from cdcstream.runtime.context import Pipeline
 from tables import register as register_tables
@@ -34,6 +35,9 @@ def create_app(settings: Settings, config: Config, existing_topics: set[str] | N
         # Faust binds 0.0.0.0 unless told: web_host is documented as the bind address.
         web_bind=s.web_host,
         web_port=s.web_port,
+        # HTTPS when web_tls_cert is set (run_worker has checked the files, naming a bad one).
+        web_ssl_context=server_ssl_context(s),
+        canonical_url=f"{'https' if s.web_tls else 'http'}://{s.web_host}:{s.web_port}",
         web_enabled=True,
         topic_partitions=s.partitions,
         topic_replication_factor=s.replication_factor,

@@ -20,6 +20,7 @@ from typing import Any
 
 from cdcstream.core.config import Config, load_config
 from cdcstream.core.settings import Settings
+from cdcstream.core.tls import TLSConfigError, server_ssl_context
 from cdcstream.runtime.app import EXIT_RESTART, create_app
 
 log = logging.getLogger("cdcstream.runtime.worker")
@@ -67,14 +68,43 @@ def exposure_refusal(settings: Settings) -> str | None:
     return None
 
 
+def tls_problem(settings: Settings) -> str | None:
+    """Why the configured certificate or key cannot serve HTTPS (naming the file), checked before
+    anything starts; None when they can, or when TLS is off."""
+    try:
+        server_ssl_context(settings)
+    except TLSConfigError as e:
+        return f"cannot serve HTTPS: {e}"
+    return None
+
+
+def plaintext_warning(settings: Settings) -> str | None:
+    """Beyond loopback without TLS the bearer tokens and session cookies cross the network in clear:
+    allowed (a TLS-terminating proxy in front, a container's 0.0.0.0), but said at every start."""
+    if settings.web_exposed and not settings.web_tls:
+        return (f"warning: web_host {settings.web_host!r} is not a loopback address and the API is served over "
+                "plain HTTP: API tokens and session cookies cross the network in clear. Set CDCSTREAM_WEB_TLS_CERT "
+                "and CDCSTREAM_WEB_TLS_KEY, or keep a TLS-terminating proxy in front (docs/operations.md, "
+                "\"Running it exposed\").")
+    return None
+
+
+def startup_refusal(settings: Settings) -> str | None:
+    """The first reason the worker must not start at all (exposure without a token, unusable TLS files)."""
+    return exposure_refusal(settings) or tls_problem(settings)
+
+
 def run_worker(settings: Settings, loglevel: str = "warn") -> None:
     """Run one worker process until it stops (exit code EXIT_RESTART asks for a restart)."""
     from faust.worker import Worker
 
-    refusal = exposure_refusal(settings)
+    refusal = startup_refusal(settings)
     if refusal:
         print(f"cdcstream worker: {refusal}", file=sys.stderr)
         sys.exit(2)
+    warning = plaintext_warning(settings)
+    if warning:
+        print(f"cdcstream worker: {warning}", file=sys.stderr)
     config = load_config(settings.config)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -119,7 +149,7 @@ def supervise(argv: list[str], max_fast_failures: int = 5) -> int:
     """Run ``python -m cdcstream.runtime.worker`` and restart it on EXIT_RESTART. Returns the final exit code."""
     # Checked here too, so that no worker process starts at all (the worker checks again for
     # those who run it without the supervisor).
-    refusal = exposure_refusal(Settings())
+    refusal = startup_refusal(Settings())
     if refusal:
         print(f"cdcstream worker: {refusal}", file=sys.stderr)
         return 2

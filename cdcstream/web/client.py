@@ -30,15 +30,28 @@ class WorkerUnreachable(RuntimeError):
     """The worker's HTTP API did not answer; live profiles could not be checked."""
 
 
-def live_profiles(web_url: str, token: str | None = None, timeout: float = 3.0) -> dict[str, str]:
-    """Table key -> the profile the running worker applies (``GET /api/tables``)."""
+def tls_reason(e: Exception) -> str:
+    """The certificate problem of a requests ``SSLError`` (e.g. ``CERTIFICATE_VERIFY_FAILED``), without the URL."""
+    import re
+
+    m = re.search(r"\[SSL: ([A-Z_]+)\][^(')]*", str(e))
+    return m.group(0).strip() if m else type(e).__name__
+
+
+def live_profiles(web_url: str, token: str | None = None, timeout: float = 3.0,
+                  verify: str | bool = True) -> dict[str, str]:
+    """Table key -> the profile the running worker applies (``GET /api/tables``); ``verify`` as for
+    requests (``Settings.worker_verify``: the worker CA for an https worker)."""
     import requests
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        resp = requests.get(f"{web_url.rstrip('/')}/api/tables", headers=headers, timeout=timeout)
+        resp = requests.get(f"{web_url.rstrip('/')}/api/tables", headers=headers, timeout=timeout, verify=verify)
         resp.raise_for_status()
         body = resp.json()
+    except requests.exceptions.SSLError as e:
+        raise WorkerUnreachable(f"worker API {web_url}: TLS failed ({tls_reason(e)}); set CDCSTREAM_WORKER_CA (or "
+                                f"REQUESTS_CA_BUNDLE) to the CA of its certificate") from None
     except (requests.RequestException, ValueError) as e:
         raise WorkerUnreachable(f"worker API {web_url} did not answer ({type(e).__name__})") from None
     return {str(r["table"]): str(r["profile"]) for r in body.get("tables", []) if "table" in r and "profile" in r}
@@ -55,7 +68,7 @@ def profile_drift(spec: ConnectorSpec, live: dict[str, str]) -> list[ProfileDrif
 
 
 def reset_profiles(drift: list[ProfileDrift], *, app_id: str, kafka_bootstrap: str, web_url: str,
-                   token: str | None = None, timeout: float = 60.0) -> list[str]:
+                   token: str | None = None, timeout: float = 60.0, verify: str | bool = True) -> list[str]:
     """Send each table's YAML profile through the worker's control topic and wait until the API shows it.
 
     The command is the one ``cdcstream.runtime.control.request_profile`` sends; a plain JSON value on
@@ -83,7 +96,7 @@ def reset_profiles(drift: list[ProfileDrift], *, app_id: str, kafka_bootstrap: s
     deadline = time.monotonic() + timeout
     pending = list(drift)
     while pending:
-        live = live_profiles(web_url, token)
+        live = live_profiles(web_url, token, verify=verify)
         pending = [d for d in pending if live.get(d.key) != d.yaml]
         if not pending:
             break
