@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 
 def register(app: faust.App, pipe: Pipeline) -> None:
-    from agents import changes, control
+    from agents import budget, changes, control
 
     changes.register(app, pipe)
     control.register(app, pipe)
+    budget.register(app, pipe)

@@ -14,6 +14,9 @@
   GlobalTable like ``stats``: one writer per key, readable by the next owner at once.
 * ``truncations`` – per table, the version (source position) of the newest TRUNCATE applied:
   changes older than it are stale on every worker (a row that reached another partition late).
+* ``embed_budget`` – embedding tokens spent per (table, worker) in the current period of each
+  budget that applies (docs/profiles.md, "Token budgets"); written and flushed before the
+  tokens are sent, so a restart knows what was spent.
 * ``workers`` – heartbeat of each live worker with the profile version it has applied; the
   profile API waits on it.
 """
@@ -36,6 +39,7 @@ class Tables:
     workers: GlobalTableT
     archive_cuts: GlobalTableT
     truncations: GlobalTableT
+    embed_budget: GlobalTableT
 
 
 # Not "memory://": yarl's URL("memory://") is falsy, and Faust then silently falls back to
@@ -62,4 +66,7 @@ def register(app: faust.App, partitions: int) -> Tables:
     truncations = app.GlobalTable("truncations", default=None, partitions=1, recovery_buffer_size=1,
                                   use_partitioner=True, store=MEMORY,
                                   help="Per table, the version of the newest TRUNCATE applied")
-    return Tables(rows, profiles, stats, workers, archive_cuts, truncations)
+    embed_budget = app.GlobalTable("embed_budget", default=None, partitions=1, recovery_buffer_size=1,
+                                   use_partitioner=True, store=MEMORY,
+                                   help="Embedding tokens spent per (table, worker) and budget period")
+    return Tables(rows, profiles, stats, workers, archive_cuts, truncations, embed_budget)

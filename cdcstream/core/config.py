@@ -17,6 +17,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
+from cdcstream.core.budget import EmbedBudget, parse_budget
 from cdcstream.core.events import TableId
 from cdcstream.core.secrets import SecretRef
 
@@ -146,6 +147,10 @@ class ConnectorTableConfig(_Model):
     index_settings: IndexSettings = Field(
         default_factory=IndexSettings, description="Shards, replicas and refresh interval of the table's index "
                                                    "and chunks index")
+    embed_budget: str | None = Field(
+        default=None, description="Embedding tokens per period for this table, e.g. `2M/day`, `500k/hour`, "
+                                  "`300/minute`; past it rows are still indexed and their chunks wait in a queue "
+                                  "until the next period (docs/profiles.md, \"Token budgets\")")
 
     @field_validator("name")
     @classmethod
@@ -154,6 +159,17 @@ class ConnectorTableConfig(_Model):
         if len(parts) != 2 or not all(_IDENT.match(p) for p in parts):
             raise ValueError(f"table name {v!r} must be schema.table (letters, digits, _ and $)")
         return v
+
+    @field_validator("embed_budget", mode="before")
+    @classmethod
+    def _embed_budget(cls, v: Any) -> Any:
+        if v is not None:
+            parse_budget(v if isinstance(v, str) else repr(v), "embed_budget")
+        return v
+
+    @property
+    def budget(self) -> EmbedBudget | None:
+        return parse_budget(self.embed_budget) if self.embed_budget else None
 
     @field_validator("index")
     @classmethod

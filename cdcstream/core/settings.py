@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cdcstream.core.budget import EmbedBudget, parse_budget
 from cdcstream.core.masking import mask_text
 from cdcstream.core.secrets import SecretRef
 
@@ -130,6 +131,16 @@ class Settings(BaseSettings):
                                   "self-hosted CPU model must answer one request within embed_timeout_s).")
     embed_timeout_s: float = Field(120.0, gt=0, description="Timeout of one embedding request.")
     embed_tokens_per_minute: int | None = Field(None, description="Tokens-per-minute budget (account tier).")
+    embed_budget: str | None = Field(None, description="Embedding tokens per period for all tables together, e.g. "
+                                     "`10M/day` (k = thousand, M = million; periods minute, hour, day, aligned to "
+                                     "UTC). Past it rows are still indexed; their chunks wait in a queue for the "
+                                     "next period. Per table: `embed_budget` in the YAML.")
+    embed_budget_check_s: float = Field(5.0, gt=0, description="How often the queue of chunks waiting for a "
+                                        "budget is counted and, in a new period, sent (oldest first).")
+    embed_budget_margin: float = Field(2.0, ge=1.0, description="For a served model tiktoken does not know (its "
+                                       "server counts with its own tokenizer): a chunk is reserved at this many "
+                                       "times its tiktoken count plus 8 tokens before it is sent, and charged what "
+                                       "the server reports (usage.prompt_tokens) after. OpenAI's models: exact.")
     embed_send_dimensions: bool = Field(False, description="Send `dimensions` (text-embedding-3-* only).")
     chunk_encoding: str = Field("cl100k_base", description="tiktoken encoding used to count and cut chunks.")
     chunk_tokens: int = Field(200, ge=16, description="Tokens per chunk; capped below embed_max_input_tokens.")
@@ -181,6 +192,17 @@ class Settings(BaseSettings):
     @classmethod
     def _secret(cls, v: Any, info: Any) -> SecretRef | None:
         return _ref(v, info.field_name)
+
+    @field_validator("embed_budget")
+    @classmethod
+    def _embed_budget(cls, v: str | None) -> str | None:
+        if v:
+            parse_budget(v, "embed_budget (CDCSTREAM_EMBED_BUDGET)")
+        return v or None
+
+    @property
+    def budget(self) -> EmbedBudget | None:
+        return parse_budget(self.embed_budget) if self.embed_budget else None
 
     @field_validator("web_tls_key", mode="before")
     @classmethod

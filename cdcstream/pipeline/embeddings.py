@@ -107,18 +107,26 @@ class Embedder:
         return out
 
     async def embed(self, texts: Sequence[str], token_counts: Sequence[int]) -> list[list[float]]:
+        return (await self.embed_counted(texts, token_counts))[0]
+
+    async def embed_counted(self, texts: Sequence[str], token_counts: Sequence[int]) -> tuple[list[list[float]], int]:
+        """The vectors and the tokens the server says it counted (``usage.prompt_tokens``; our
+        own count for a server that reports none)."""
         groups = self.batches(token_counts)
         results: list[list[float]] = [[] for _ in texts]
+        used = 0
 
         async def run(group: list[int]) -> None:
-            vecs = await self._request([texts[i] for i in group], sum(token_counts[i] for i in group))
+            nonlocal used
+            vecs, usage = await self._request([texts[i] for i in group], sum(token_counts[i] for i in group))
+            used += usage
             for i, v in zip(group, vecs, strict=True):
                 results[i] = v
 
         await asyncio.gather(*(run(g) for g in groups))
-        return results
+        return results, used
 
-    async def _request(self, inputs: list[str], tokens: int) -> list[list[float]]:
+    async def _request(self, inputs: list[str], tokens: int) -> tuple[list[list[float]], int]:
         await self.budget.take(tokens)
         backoff = 1.0
         # None: retry until the API answers. An outage or a 429 storm pauses the stream (the
@@ -148,13 +156,14 @@ class Embedder:
                     self.stats.requests += 1
                     self.stats.inputs += len(inputs)
                     self.stats.tokens += tokens
-                    self.stats.usage_tokens += resp.usage.prompt_tokens if resp.usage else 0
+                    usage = resp.usage.prompt_tokens if resp.usage and resp.usage.prompt_tokens else tokens
+                    self.stats.usage_tokens += usage
                     self.stats.request_fill.append(max(len(inputs) / self.max_inputs, tokens / self.max_request_tokens))
                     vecs = [d.embedding for d in sorted(resp.data, key=lambda d: d.index)]
                     if self.dimensions and vecs and len(vecs[0]) != self.dimensions:
                         raise EmbeddingError(f"model {self.model} returned {len(vecs[0])} dimensions, "
                                              f"configured {self.dimensions}")
-                    return vecs
+                    return vecs, usage
             if attempt == self.max_attempts:
                 break
             self.stats.retries += 1

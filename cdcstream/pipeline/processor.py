@@ -18,7 +18,7 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +27,12 @@ from cdcstream.core.events import ChangeEvent, Op, SnapshotMarker, bounded_id
 from cdcstream.core.faults import crash_point
 from cdcstream.core.route import Route, Router, RowState, is_stale, keep_toast, row_key
 from cdcstream.pipeline.archive import ArchiveBuffer
+from cdcstream.pipeline.budget import BudgetLedger
 from cdcstream.pipeline.chunking import Chunk, Chunker
 from cdcstream.pipeline.embeddings import Embedder
 from cdcstream.sinks.base import ArchiveObject, ArchiveStore, IndexOp, Mirror, OnWait, SinkUnavailable
 from cdcstream.sinks.documents import META, field_mapping, jsonable, row_document, row_mapping
+from cdcstream.sinks.embed_queue import QUEUE_FIELDS, EmbedQueue, PendingChunk
 
 log = logging.getLogger(__name__)
 BIG_TEXT_CHARS = 64 * 1024
@@ -75,7 +77,9 @@ class BatchProcessor:
                  record_cut: Callable[[ArchiveObject], Awaitable[None]] | None = None,
                  on_wait: OnWait | None = None,
                  truncated_at: Callable[[str], int] | None = None,
-                 record_truncation: Callable[[str, int], Awaitable[None]] | None = None) -> None:
+                 record_truncation: Callable[[str, int], Awaitable[None]] | None = None,
+                 ledger: BudgetLedger | None = None, queue: EmbedQueue | None = None,
+                 record_spend: Callable[[], Awaitable[None]] | None = None) -> None:
         self.router = router
         self.es = es
         self.archive = archive
@@ -91,6 +95,11 @@ class BatchProcessor:
         self.record_truncation = record_truncation
         self._vec_lru: dict[str, list[float]] = {}
         self.archive_retries = 0
+        # Token budgets: the ledger of spend, the queue of chunks waiting, and how the spend is
+        # made durable (before the tokens are sent: a restart must not forget them).
+        self.ledger = ledger
+        self.queue = queue
+        self.record_spend = record_spend
 
     # ------------------------------------------------------------------------------------
     async def process(self, events: list[ChangeEvent | None], profile_of: Callable[[ChangeEvent], ProcessingProfile],
@@ -312,7 +321,7 @@ class BatchProcessor:
         return {"dynamic": False, "properties": {
             "parent_id": {"type": "keyword"}, "column": {"type": "keyword"}, "n": {"type": "integer"},
             "text": {"type": "text"}, "hash": {"type": "keyword"}, "tokens": {"type": "integer"},
-            "embedding": vec, "row": {"properties": row_props},
+            "embedding": vec, "row": {"properties": row_props}, **QUEUE_FIELDS,
             META: {"properties": {"version": {"type": "long"}, "table": {"type": "keyword"}}},
         }}
 
@@ -347,52 +356,42 @@ class BatchProcessor:
                 wanted.setdefault(cache_key(model, dims, c.hash), (c, ev))
             out.count(ev, "chunks", len(chunks))
         # 1) vectors from the in-process LRU, 2) the cache index, 3) the API.
-        missing = [k for k in wanted if k not in self._vec_lru]
-        if missing:
-            cached = await self.es.get_many(EMBED_CACHE_INDEX, missing)
-            for k, d in cached.items():
-                if "v" in d:
-                    self._remember(k, d["v"])
+        await self._cached(wanted)
         to_embed = [k for k in wanted if k not in self._vec_lru]
-        if to_embed:
-            texts = [wanted[k][0].text for k in to_embed]
-            counts = [wanted[k][0].tokens for k in to_embed]
-            before = self.embedder.stats.requests
-            vecs = await self.embedder.embed(texts, counts)
-            crash_point("mid_embedding")
-            requests = self.embedder.stats.requests - before
-            cache_ops = []
-            for k, v in zip(to_embed, vecs, strict=True):
-                self._remember(k, v)
-                c, ev = wanted[k]
-                out.count(ev, "embed_inputs")
-                out.count(ev, "embed_tokens", c.tokens)
-                cache_ops.append(IndexOp("index", EMBED_CACHE_INDEX, k, 1, {"v": v, "model": model}))
-            first_ev = wanted[to_embed[0]][1]
-            out.count(first_ev, "embed_requests", requests)
-            await self.es.ensure_index(EMBED_CACHE_INDEX, {"dynamic": False, "properties": {
-                "v": {"type": "float", "index": False, "doc_values": False}, "model": {"type": "keyword"}}})
-            # Cache writes are plain upserts: same key, same vector, any order.
-            res = await self.es.apply(cache_ops)
-            if res.failed:
-                log.warning("embedding cache: %d writes failed: %s", len(res.failed), res.failed[0][1])
+        send, queued = self._budget_split(to_embed, [(wanted[k][0].tokens, wanted[k][1].table.key) for k in to_embed])
+        if send:
+            await self._embed_keys(send, {k: (wanted[k][0].text, wanted[k][0].tokens) for k in to_embed},
+                                   lambda k: _tp(wanted[k][1]), out)
+        to_embed = [k for g in send for k in g.keys]
+        queued_ms = int(time.time() * 1000)
         paid = {(k, id(wanted[k][0])) for k in to_embed}
         for i, ev, route, chunks, old in plan:
             assert ev.after is not None
             for c in chunks:
                 # Every chunk not sent to the API now is a chunk a re-embed-every-change
                 # pipeline would have paid for: unchanged text, the cache, or a duplicate.
-                if (cache_key(model, dims, c.hash), id(c)) not in paid:
+                ck = cache_key(model, dims, c.hash)
+                if (ck, id(c)) not in paid and ck not in queued:
                     out.count(ev, "tokens_saved", c.tokens)
                     out.count(ev, "chunks_reused")
             row_fields = {k: jsonable(v) for k, v in ev.after.items() if k not in route.table.text_columns}
             for c in chunks:
-                vec = self._vec_lru[cache_key(model, dims, c.hash)]
-                ops.append(IndexOp("index", route.chunks_alias, chunk_id(ev.doc_id, c.column, c.n),
-                                   ev.position.version, {
-                                       "parent_id": ev.doc_id, "column": c.column, "n": c.n, "text": c.text,
-                                       "hash": c.hash, "tokens": c.tokens, "embedding": vec, "row": row_fields,
-                                       META: {"version": ev.position.version, "table": str(ev.table)}}, ref=i))
+                doc = {"parent_id": ev.doc_id, "column": c.column, "n": c.n, "text": c.text, "hash": c.hash,
+                       "tokens": c.tokens, "row": row_fields,
+                       META: {"version": ev.position.version, "table": str(ev.table)}}
+                version = ev.position.version
+                ck = cache_key(model, dims, c.hash)
+                if ck in queued:
+                    # Waits for a budget: written now without its vector, one version below the
+                    # event's, so the vector (written later at the event's own version) completes
+                    # it while any newer change of the row still wins over both.
+                    doc.update(pending_embedding=True, queued_ms=queued_ms, queue_key="|".join(map(str, _tp(ev))))
+                    version -= 1
+                    out.count(ev, "embed_queued")
+                else:
+                    doc["embedding"] = self._vec_lru[ck]
+                ops.append(IndexOp("index", route.chunks_alias, chunk_id(ev.doc_id, c.column, c.n), version, doc,
+                                   ref=i))
             # Text that shrank: delete the surplus chunks (ids from the old row state).
             if old is not None:
                 now_n: dict[str, int] = defaultdict(int)
@@ -404,12 +403,168 @@ class BatchProcessor:
                                            ev.position.version, ref=i))
         return ops
 
+    # --- token budgets ----------------------------------------------------------------------
+    def _budget_split(self, keys: list[str], meta: list[tuple[int, str]]) -> tuple[list[SendGroup], set[str]]:
+        """Which of ``keys`` (each with its tiktoken count and table) the budgets pay for now,
+        grouped by table with the tokens reserved; the others go to the queue. A table with
+        chunks in the queue queues new ones behind them (oldest first)."""
+        ledger = self.ledger
+        if not keys:
+            return [], set()
+        if ledger is None or not ledger.active:
+            return [SendGroup(None, keys)], set()
+        now = ledger.clock()
+        groups: dict[str | None, SendGroup] = {}
+        queued: set[str] = set()
+        stopped: set[str] = set()
+        for k, (tokens, table) in zip(keys, meta, strict=True):
+            if not ledger.applies(table):
+                groups.setdefault(None, SendGroup(None, [])).keys.append(k)
+                continue
+            est = ledger.estimate(tokens)
+            if table in stopped or ledger.has_backlog(table) or not ledger.reserve(table, est, now):
+                stopped.add(table)
+                queued.add(k)
+                continue
+            g = groups.setdefault(table, SendGroup(table, [], 0, now))
+            g.keys.append(k)
+            g.reserved += est
+        for t in stopped:
+            ledger.queued_behind(t)
+        return list(groups.values()), queued
+
+    async def _embed_keys(self, groups: list[SendGroup], items: dict[str, tuple[str, int]],
+                          tp_of: Callable[[str], tuple[str, int]], out: Outcome) -> None:
+        """Embed each group's keys (text, tiktoken count), settle the reservations with the
+        server's count, remember and cache the vectors, count them under ``tp_of(key)``."""
+        assert self.embedder is not None and self.es is not None
+        if self.record_spend is not None and any(g.table is not None for g in groups):
+            await self.record_spend()  # durable before a token is sent: a restart must count them
+        model = self.embedder.model
+        before = self.embedder.stats.requests
+        cache_ops = []
+        for g in groups:
+            vecs, used = await self.embedder.embed_counted([items[k][0] for k in g.keys], [items[k][1] for k in g.keys])
+            if g.table is not None and self.ledger is not None:
+                self.ledger.settle(g.table, g.reserved, used, g.at)
+            crash_point("mid_embedding")
+            for k, v in zip(g.keys, vecs, strict=True):
+                self._remember(k, v)
+                tp = tp_of(k)
+                out.stats[tp]["embed_inputs"] += 1
+                out.stats[tp]["embed_tokens"] += items[k][1]
+                cache_ops.append(IndexOp("index", EMBED_CACHE_INDEX, k, 1, {"v": v, "model": model}))
+        if self.record_spend is not None and self.ledger is not None and self.ledger.dirty:
+            await self.record_spend()
+        if not cache_ops:
+            return
+        out.stats[tp_of(groups[0].keys[0])]["embed_requests"] += self.embedder.stats.requests - before
+        await self.es.ensure_index(EMBED_CACHE_INDEX, {"dynamic": False, "properties": {
+            "v": {"type": "float", "index": False, "doc_values": False}, "model": {"type": "keyword"}}})
+        # Cache writes are plain upserts: same key, same vector, any order.
+        res = await self.es.apply(cache_ops)
+        if res.failed:
+            log.warning("embedding cache: %d writes failed: %s", len(res.failed), res.failed[0][1])
+
+    async def _cached(self, keys: Iterable[str]) -> None:
+        """Vectors of ``keys`` from the cache index into the in-process LRU."""
+        assert self.es is not None
+        missing = [k for k in dict.fromkeys(keys) if k not in self._vec_lru]
+        if missing:
+            for k, d in (await self.es.get_many(EMBED_CACHE_INDEX, missing)).items():
+                if "v" in d:
+                    self._remember(k, d["v"])
+
+    async def drain_queue(self, chunk_aliases: dict[str, str], owned: list[str], page: int = 256) -> Outcome:
+        """Send the queued chunks of ``owned`` queue keys (``<table key>|<partition>``) that
+        the budgets pay for now, oldest first, and write their vectors. ``chunk_aliases``:
+        table key -> its chunks alias. A table stops at its first chunk that does not fit.
+
+        A chunk waits at its event's version - 1; its vector is written at the version read
+        with it + 1, so a newer change of the row written meanwhile (or its delete, whose
+        tombstone outlives this round trip) wins and the stale text is not completed."""
+        out = Outcome()
+        ledger, queue = self.ledger, self.queue
+        if ledger is None or queue is None or self.es is None or self.embedder is None or not owned:
+            return out
+        model, dims = self.embedder.model, self.embed_dims
+        keys_left = list(owned)
+        gens = {k.rsplit("|", 1)[0]: ledger.scan_started(k.rsplit("|", 1)[0]) for k in owned}
+        first = True
+        aliases = sorted({chunk_aliases[t] for t in gens if t in chunk_aliases})
+        for _round in range(50):
+            pending = await queue.oldest(aliases, keys_left, page)
+            if first and len(pending) < page:
+                for t in set(gens) - {p.table for p in pending}:
+                    ledger.scan_found_empty(t, gens[t])
+            first = False
+            if not pending:
+                break
+            keys = [cache_key(model, dims, str(p.source.get("hash"))) for p in pending]
+            await self._cached(keys)
+            now = ledger.clock()
+            groups: dict[str, SendGroup] = {}
+            items: dict[str, tuple[str, int]] = {}
+            tps: dict[str, tuple[str, int]] = {}
+            stopped: set[str] = set()
+            ready: list[tuple[PendingChunk, str]] = []
+            for p, k in zip(pending, keys, strict=True):
+                t = p.table
+                if k in self._vec_lru or k in items:
+                    ready.append((p, k))
+                    continue
+                if t in stopped:
+                    continue
+                est = ledger.estimate(p.tokens)
+                if not ledger.reserve(t, est, now):
+                    stopped.add(t)
+                    budget = ledger.tables.get(t) or ledger.overall
+                    if budget is not None and est > budget.tokens:
+                        log.error("embedding budget of %s (%s) can never pay for chunk %s (%d tokens reserved): "
+                                  "raise the budget", t, budget.text, p.id, est)
+                    continue
+                g = groups.setdefault(t, SendGroup(t, [], 0, now))
+                g.keys.append(k)
+                g.reserved += est
+                items[k] = (str(p.source.get("text", "")), p.tokens)
+                tps[k] = (t, int(str(p.source.get("queue_key", "|0")).rsplit("|", 1)[1] or 0))
+                ready.append((p, k))
+            if groups:
+                await self._embed_keys(list(groups.values()), items, tps.__getitem__, out)
+            ops = []
+            for p, k in ready:
+                doc = {f: v for f, v in p.source.items() if f not in QUEUE_FIELDS}
+                doc["embedding"] = self._vec_lru[k]
+                ops.append(IndexOp("index", chunk_aliases.get(p.table, p.index), p.id, p.version + 1, doc))
+                tp = (p.table, int(str(p.source.get("queue_key", "|0")).rsplit("|", 1)[1] or 0))
+                out.stats[tp]["embed_dequeued"] += 1
+            if ops:
+                await self.es.apply(ops)
+            keys_left = [k for k in keys_left if k.rsplit("|", 1)[0] not in stopped]
+            if not ready or len(pending) < page or not keys_left:
+                break
+        return out
+
     def _remember(self, key: str, vec: list[float]) -> None:
         if len(self._vec_lru) > 50_000:
             # Drop the oldest half; dicts keep insertion order.
             for k in list(self._vec_lru)[:25_000]:
                 del self._vec_lru[k]
         self._vec_lru[key] = vec
+
+
+@dataclass
+class SendGroup:
+    """Keys embedded together, charged to one table's budget (None: no budget applies)."""
+
+    table: str | None
+    keys: list[str]
+    reserved: int = 0
+    at: float = 0.0
+
+
+def _tp(ev: ChangeEvent) -> tuple[str, int]:
+    return ev.table.key, ev.origin.partition if ev.origin else 0
 
 
 def track_snapshot(out: Outcome, tp: tuple[str, int], ev: ChangeEvent) -> None:

@@ -42,3 +42,9 @@ def get_encoding(name: str = "cl100k_base") -> tiktoken.Encoding:
 def encoding_for_model(model: str) -> tiktoken.Encoding:
     """The encoding for an embedding model; served models without a tiktoken encoding count with cl100k_base."""
     return get_encoding(_MODEL_ENCODINGS.get(model, "cl100k_base"))
+
+
+def counts_exactly(model: str) -> bool:
+    """Whether tiktoken counts ``model``'s tokens as its API bills them (OpenAI's models); a
+    served model counts with its own tokenizer."""
+    return model in _MODEL_ENCODINGS

@@ -25,14 +25,16 @@ from cdcstream.core.route import Router, RowState
 from cdcstream.core.secrets import SecretRef
 from cdcstream.core.settings import Settings
 from cdcstream.pipeline.archive import ArchiveBuffer
+from cdcstream.pipeline.budget import BudgetLedger
 from cdcstream.pipeline.chunking import Chunker
 from cdcstream.pipeline.embeddings import Embedder
 from cdcstream.pipeline.processor import BatchProcessor
-from cdcstream.pipeline.tokens import get_encoding
+from cdcstream.pipeline.tokens import counts_exactly, get_encoding
 from cdcstream.runtime.checkpoint import Checkpoint
 from cdcstream.sinks.archive import open_store
 from cdcstream.sinks.base import ArchiveObject, ArchiveStore, Mirror
 from cdcstream.sinks.elasticsearch import EsMirror, client_options, fast_serializers
+from cdcstream.sinks.embed_queue import EsEmbedQueue
 from tables import Tables
 
 
@@ -73,6 +75,12 @@ class Pipeline:
         self.stream: Any = None
         # One batch or one idle-archive flush at a time (acks stay in offset order).
         self.archive_lock = asyncio.Lock()
+        # Embedding token budgets (docs/profiles.md, "Token budgets"): spend per table and worker
+        # in the embed_budget table, the queue in the chunk indices.
+        self.ledger = BudgetLedger(
+            {key: r.table.budget for key, r in self.router.by_key.items() if r.table.budget is not None},
+            settings.budget, self.worker_id, lambda: list(tables.embed_budget.items()),
+            exact=counts_exactly(settings.embed_model), margin=settings.embed_budget_margin)
 
     def secret(self, ref: Any) -> str | None:
         if ref is None:
@@ -114,7 +122,9 @@ class Pipeline:
                                             archive_buffer=self.buffer, embed_dims=s.embed_dimensions,
                                             record_cut=self.record_cut, on_wait=self._on_wait,
                                             truncated_at=self.truncated_at,
-                                            record_truncation=self.record_truncation)
+                                            record_truncation=self.record_truncation,
+                                            ledger=self.ledger, queue=EsEmbedQueue(self.es) if self.es else None,
+                                            record_spend=self.record_spend)
             return self.processor
 
     def _on_wait(self, sink: str, exc: BaseException | None, detail: str) -> None:
@@ -195,6 +205,38 @@ class Pipeline:
             await self.checkpoint.release(self.stream, {(o.topic, o.partition) for o in objs})
         self.checkpoint.unblock()
         crash_point("after_archive_release")
+
+    # --- token budgets ----------------------------------------------------------------------
+    async def record_spend(self) -> None:
+        """Make this worker's spend durable (changelog written and acknowledged) before the
+        tokens it reserves are sent: after a kill -9 the next worker counts them."""
+        for key, rec in self.ledger.pending_records().items():
+            self.tables.embed_budget[key] = rec
+        await self.app.producer.flush()
+
+    def owned_queue_keys(self) -> list[str]:
+        """``<table key>|<partition>`` of the captured partitions assigned to this worker: the
+        queued chunks this worker sends (each queue key has one sender, like each counter)."""
+        out = []
+        for tp in self.app.assignor.assigned_actives():
+            tid = self.router.topics.get(tp.topic)
+            if tid is not None and self.ledger.applies(tid.key):
+                out.append(f"{tid.key}|{tp.partition}")
+        return sorted(out)
+
+    async def drain_embed_queue(self) -> None:
+        """Send what the budgets pay for now from the queue, oldest first; count the queue."""
+        processor = await self.ready()
+        aliases = {key: r.chunks_alias for key, r in self.router.by_key.items() if self.ledger.applies(key)}
+        if processor.queue is None or not aliases:
+            return
+        out = await processor.drain_queue(aliases, self.owned_queue_keys())
+        if out.stats:
+            self.record_stats(None, [], out)
+        counts = await processor.queue.counts(sorted(set(aliases.values())))
+        self.ledger.queued = {key: counts.get(alias, (0, 0)) for key, alias in aliases.items()}
+        for key in aliases:
+            self.ledger.check_warnings(key)
 
     # --- profiles -------------------------------------------------------------------------
     def profile_of(self, ev: ChangeEvent) -> ProcessingProfile:

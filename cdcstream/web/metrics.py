@@ -84,6 +84,24 @@ def render(snapshot: dict[str, Any]) -> str:
         profile.add(1, profile=t["profile"], **lab)
         snap_read.add(t["snapshot"]["rows_read"], **lab)
         src_rows.add(t["snapshot"]["source_rows"], **lab)
+    b_limit = fam("cdcstream_embed_budget_tokens", "gauge",
+                  "Embedding token budget per period, by table (table=\"*\": all tables together).")
+    b_spent = fam("cdcstream_embed_budget_spent_tokens", "gauge", "Embedding tokens spent in the current period.")
+    b_left = fam("cdcstream_embed_budget_remaining_tokens", "gauge", "Embedding tokens left in the current period.")
+    b_warn = fam("cdcstream_embed_budget_warning", "gauge", "1 once 80% of the period's budget is spent.")
+    q_chunks = fam("cdcstream_embed_queue_chunks", "gauge", "Chunks waiting in the queue for an embedding budget.")
+    q_tokens = fam("cdcstream_embed_queue_tokens", "gauge", "Tokens of the chunks waiting in the queue.")
+    budgets = [(t["id"], t.get("embed_budget")) for t in snapshot["tables"]] + [("*", snapshot.get("embed_budget"))]
+    for table, b in budgets:
+        if not b:
+            continue
+        b_spent.add(b["spent"], table=table, period=b["period"])
+        q_chunks.add(b["queued_chunks"], table=table)
+        q_tokens.add(b["queued_tokens"], table=table)
+        if b["limit"] is not None:
+            b_limit.add(b["limit"], table=table, period=b["period"])
+            b_left.add(b["remaining"], table=table, period=b["period"])
+            b_warn.add(b["warning"] is not None, table=table)
     up = fam("cdcstream_connector_state", "gauge", "1 for the connector's current state in Kafka Connect.")
     tasks = fam("cdcstream_connector_tasks", "gauge", "Connector tasks by state.")
     slot = fam("cdcstream_replication_slot_lag_bytes", "gauge", "WAL retained by the connector's replication slot.")

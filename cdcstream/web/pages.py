@@ -112,6 +112,15 @@ def _progress(snap: dict[str, Any]) -> str:
             f'<span class="muted">({_n(read)} / ≈{_n(snap.get("source_rows"))})</span>')
 
 
+def _budget_row(name: str, b: dict[str, Any]) -> str:
+    ends = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(b["period_end"]))
+    what = _e(b["budget"]) if b["budget"] else f'<span class="muted">all tables: {_e(b["applies"])}</span>'
+    warn = f'<span class="warn">{_e(b["warning"])}</span>' if b["warning"] else ""
+    return (f'<tr data-budget="{_e(name)}"><td class="l">{_e(name)}</td><td class="l">{what}</td>'
+            f'<td>{_n(b["spent"])}</td><td>{_n(b["remaining"])}</td><td>{_n(b["queued_chunks"])}</td>'
+            f'<td>{_n(b["queued_tokens"])}</td><td class="l">{_e(ends)}</td><td class="l">{warn}</td></tr>')
+
+
 def render_status(snap: dict[str, Any]) -> str:
     rows = []
     for t in snap["tables"]:
@@ -146,6 +155,12 @@ def render_status(snap: dict[str, Any]) -> str:
         f'tables {_e(", ".join(b["tables"]))}; nothing is acked meanwhile: fix the cause, or '
         f'<code>cdcstream dlq skip TABLE</code> if the event is at fault)</p>'
         for b in snap.get("blocked") or [])
+    budgets = "".join(_budget_row(name, b) for name, b in [(t["id"], t.get("embed_budget")) for t in snap["tables"]]
+                      + [("all tables", snap.get("embed_budget"))] if b)
+    budget_html = ("<h2>Embedding budgets</h2><table id=\"budgets\"><tr><th class=\"l\">budget of</th>"
+                   "<th class=\"l\">budget</th><th>spent</th><th>remaining</th><th>queued chunks</th>"
+                   "<th>queued tokens</th><th class=\"l\">period ends</th><th class=\"l\">warning</th></tr>"
+                   f"{budgets}</table>") if budgets else ""
     migrating = "".join(
         f'<p class="warn" id="migration">rebuilding <b>{_e(m["index"])}</b> ({_e(", ".join(m["changed"]))} changed '
         f'type): {_e(m["from"])} → {_e(m["to"])}, {_n(m["copied"])} / {_n(m["total"])} documents copied, '
@@ -179,6 +194,7 @@ def render_status(snap: dict[str, Any]) -> str:
 <th>chunks</th><th>tokens spent</th><th>tokens saved</th><th>DLQ</th></tr>
 {"".join(rows) or '<tr><td colspan="15" class="l muted">no table in the config</td></tr>'}
 </table>
+{budget_html}
 </body></html>
 """
 

@@ -367,6 +367,8 @@ class StatusService:
             "dlq": int(stats.get("dlq", 0)),
             # An index generation being rebuilt for a column's type change (row or chunks index).
             "migration": migrating.get(route.alias) or migrating.get(route.chunks_alias),
+            # Spent, remaining and queued this period (None: no budget applies; docs/profiles.md).
+            "embed_budget": self.pipe.ledger.view(key),
             "snapshot": {"rows_read": read, "source_rows": src, "progress": progress, "done": done,
                          "finished_ms": finished if done else None,
                          "duration_s": round((finished - started) / 1000, 1) if done and started else None},
@@ -400,7 +402,13 @@ class StatusService:
                 "in_flight": {"messages": int(self.pipe.app.monitor.messages_active),
                               "cap": in_flight_cap(self.pipe.settings, self.pipe.router)},
                 "migrations": list(self.migrations().values()),
-                "blocked": self.blocked()}
+                "blocked": self.blocked(), "embed_budget": self.embed_budget()}
+
+    def embed_budget(self) -> dict[str, Any] | None:
+        """The budget over all tables together (``CDCSTREAM_EMBED_BUDGET``), None if unset."""
+        from cdcstream.pipeline.budget import ALL
+
+        return self.pipe.ledger.view(ALL)
 
     def migrations(self) -> dict[str, dict[str, Any]]:
         """Index rebuilds in progress on this worker (alias -> copied, total, rate)."""

@@ -389,7 +389,8 @@ def register(app: faust.App, pipe: Pipeline) -> None:
     class Tables(Base):
         async def get(self, request: Request, **kwargs: Any) -> Response:
             return self.json({"tables": await svc.tables(), "worker": pipe.worker_id, "ts": time.time(),
-                              "lag_error": svc.sampler.lag_error, "blocked": svc.blocked()})
+                              "lag_error": svc.sampler.lag_error, "blocked": svc.blocked(),
+                              "embed_budget": svc.embed_budget()})
 
     @page("/api/tables/{table}")
     class Table(Base):
