@@ -617,13 +617,31 @@ def find_route(config: Config, table: str, connector: str | None = None) -> Rout
 
 
 def live_profile(settings: Any, route: Route) -> ProcessingProfile | None:
-    """The profile the running worker applies (profiles can be switched at runtime), if one answers."""
+    """The profile the running worker applies (profiles can be switched at runtime), if one answers.
+
+    Asks with the read token (``api_read_token``, else ``api_token``), as the other CLI reads do. A
+    worker that answers but refuses the token is an error, not "no worker": comparing against the
+    config's profile when the table was switched at runtime reports drift that is not there (or
+    misses drift that is)."""
     import requests
 
+    from cdcstream.core.resolver import Resolver
+
+    ref = settings.api_read_token or settings.api_token
+    headers = {"Authorization": f"Bearer {Resolver().resolve(ref).get_secret_value()}"} if ref is not None else {}
+    url = f"{settings.worker_api_url}/api/tables"
     try:
-        r = requests.get(f"{settings.worker_api_url}/api/tables", timeout=3, verify=settings.worker_verify)
+        r = requests.get(url, headers=headers, timeout=3, verify=settings.worker_verify)
+    except requests.RequestException:
+        return None
+    if r.status_code in (401, 403):
+        which = "was refused" if headers else "needs a token"
+        raise VerifyError(f"the worker at {settings.worker_api_url} {which} (HTTP {r.status_code}) when asked for "
+                          f"the table's live profile: set CDCSTREAM_API_READ_TOKEN (or CDCSTREAM_API_TOKEN) to the "
+                          f"worker's read token, or pass --profile")
+    try:
         tables = r.json()["tables"] if r.status_code == 200 else []
-    except (requests.RequestException, ValueError, KeyError):
+    except (ValueError, KeyError):
         return None
     for t in tables:
         if t.get("table") == route.table_id.key:

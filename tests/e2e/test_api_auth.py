@@ -295,3 +295,22 @@ def test_openapi_fuzz_with_each_role_no_server_errors(p: Pipeline, tmp_path: Pat
     assert r.returncode == 0, tail
     assert re.search(r"\b\d+ passed\b|Test cases:", tail), tail
     assert token not in tail
+
+
+def test_verify_asks_the_protected_worker_with_the_read_token(p: Pipeline) -> None:
+    # The bug of issue 18: verify asked /api/tables without a token, took the 401 for "no worker" and
+    # compared against the config's profile, so a table switched at runtime was checked as the wrong one.
+    def verify(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cdcstream.cli", "verify", "public.orders", "--full",
+                               "--settle", "30", "--json"], env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=300, check=False)
+
+    r = verify(p.env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["ok"] is True
+    bare = {k: v for k, v in p.env.items() if k not in ("CDCSTREAM_API_TOKEN", "CDCSTREAM_API_READ_TOKEN")}
+    r = verify(bare)
+    assert r.returncode == 2 and "needs a token (HTTP 401)" in r.stderr and "CDCSTREAM_API_READ_TOKEN" in r.stderr, \
+        r.stderr
+    r = verify({**bare, "CDCSTREAM_API_READ_TOKEN": "env:E2E_WRONG", "E2E_WRONG": WRONG})
+    assert r.returncode == 2 and "was refused (HTTP 401)" in r.stderr and WRONG not in r.stderr, r.stderr
