@@ -59,6 +59,8 @@ def pipe(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> Iterator[P
         require(svc)
     with pipeline(tmp_path, require("postgres"), require("elasticsearch"), require("embeddings"), TABLES) as p:
         p.env["CDCSTREAM_EMBED_BUDGET_CHECK_S"] = "1"
+        # The budget of all tables together: large here, shown beside the table's.
+        p.env["CDCSTREAM_EMBED_BUDGET"] = "1M/day"
         # One row before the connector: its topic exists when the worker starts.
         p.sql("INSERT INTO articles (id, title, body) VALUES (0, 'row 0', %s)", (body(p, 0),))
         p.apply()
@@ -165,7 +167,11 @@ def test_budget_queues_embeddings_keyword_search_works_and_the_queue_survives_ki
     view = budget_view(p)
     assert view["spent"] <= BUDGET and view["period_s"] == PERIOD_S and view["queued_tokens"] > 0
     assert metric(p, "cdcstream_embed_queue_chunks") > 0 and metric(p, "cdcstream_embed_budget_tokens") == BUDGET
-    assert f'data-budget="{tid(p)}"' in page(p, "/status")
+    status = page(p, "/status")
+    assert f'data-budget="{tid(p)}"' in status and 'data-budget="all tables"' in status
+    overall = p.api("/api/tables")["embed_budget"]
+    assert overall["limit"] == 1_000_000 and overall["period"] == "day" and overall["spent"] >= view["spent"]
+    assert re.search(r'^cdcstream_embed_budget_tokens\{table="\*",period="day"\} 1000000$', page(p, "/metrics"), re.M)
     # The commands docs/profiles.md shows, run as shown (against this worker).
     out = subprocess.run(["bash", "-euo", "pipefail", "-c", doc_commands(p)], capture_output=True, text=True,
                          timeout=60, check=True).stdout
