@@ -69,6 +69,8 @@ ROUTES: dict[str, dict[str, Access]] = {
     "/api/connectors": {"GET": Access.READ},
     "/api/tables": {"GET": Access.READ},
     "/api/tables/{table}": {"GET": Access.READ},
+    # A search hit's row: a table-scoped token reads rows of its own tables (checked in the view).
+    "/api/tables/{table}/rows/{id}": {"GET": Access.SEARCH},
     "/api/tables/{table}/profile": {"PUT": Access.ADMIN},
     "/api/workers": {"GET": Access.READ},
     # values=true (whole records, up to 16 MiB each) needs admin: checked in the view.
@@ -76,6 +78,7 @@ ROUTES: dict[str, dict[str, Access]] = {
     "/api/dlq/replay": {"POST": Access.ADMIN},
     "/api/dlq/skip": {"POST": Access.ADMIN},
     "/api/search": {"GET": Access.SEARCH},
+    "/search": {"GET": Access.SEARCH},
 }
 
 

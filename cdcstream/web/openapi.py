@@ -14,7 +14,7 @@ from typing import Any
 
 from cdcstream.core.config import ProcessingProfile
 from cdcstream.web.auth import ROLES, ROUTES, Access
-from cdcstream.web.search import MAX_QUERY_CHARS, MAX_SIZE, MODES
+from cdcstream.web.search import MAX_CURSOR_CHARS, MAX_QUERY_CHARS, MAX_SIZE, MODES
 
 _ERROR = {"description": "Invalid input, unknown resource or refused request",
           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -106,14 +106,18 @@ def document(reads_open: bool, example_table: str | None = None) -> dict[str, An
             "/healthz": {"get": op("Liveness: the web server answers (no data; for health checks)", security=[],
                                    ok={"description": "ok", "content": _TEXT}, op_id="healthz")},
             "/login": {
-                "get": op("The login form of the status page", security=[], ok={"description": "HTML form",
-                                                                               "content": _HTML}, op_id="loginForm"),
+                "get": op("The login form of the status and search pages", security=[],
+                          ok={"description": "HTML form", "content": _HTML}, op_id="loginForm",
+                          params=[{"name": "next", "in": "query", "description": "Where to go after: /status "
+                                                                                "(default) or /search",
+                                   "schema": {"type": "string"}}]),
                 "post": {"summary": "Log in with a token: sets an HttpOnly session cookie (reads only)",
                          "operationId": "login", "security": [],
                          "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {
                              "schema": {"type": "object", "required": ["token"],
-                                        "properties": {"token": {"type": "string", "maxLength": 4096}}}}}},
-                         "responses": {"303": {"description": "Logged in: redirect to /status"},
+                                        "properties": {"token": {"type": "string", "maxLength": 4096},
+                                                       "next": {"type": "string", "enum": ["/status", "/search"]}}}}}},
+                         "responses": {"303": {"description": "Logged in: redirect to `next` (default /status)"},
                                        "400": {"description": "No token in the form", "content": _HTML},
                                        "401": {"description": "Wrong token: the form again", "content": _HTML}}}},
             "/logout": {"post": {"summary": "End the browser session", "operationId": "logout", "security": [],
@@ -154,8 +158,9 @@ def document(reads_open: bool, example_table: str | None = None) -> dict[str, An
                                          op_id="skipBlocked")},
             "/api/search": {"get": op(
                 "Search the mirror: keyword, semantic (kNN over chunks) or hybrid (score-normalised blend, "
-                "0.9 semantic). Field filters: "
-                "`filter.<column>=value` and `range.<column>=lo..hi` (see docs/api.md)", security=read_sec,
+                "0.9 semantic). Filters: `filter=<column>:<value|>=v|<=v|>v|<v|lo..hi>` (repeatable), also "
+                "`filter.<column>=value` and `range.<column>=lo..hi`; `total`, and `next` to pass as "
+                "`search_after` for the next page (see docs/api.md)", security=read_sec,
                 op_id="search", params=[
                     {"name": "q", "in": "query", "required": True,
                      "schema": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS}},
@@ -165,10 +170,41 @@ def document(reads_open: bool, example_table: str | None = None) -> dict[str, An
                                                                "default": 10}},
                     {"name": "table", "in": "query", "description": "Table id(s), comma-separated; default all.",
                      "schema": {"type": "string"}},
+                    {"name": "filter", "in": "query", "style": "form", "explode": True,
+                     "description": "A filter on a mirrored column: `status:paid`, `amount:>=10`, "
+                                    "`created:2024-01-01..2024-02-01` (bounds inclusive, dates whole days); "
+                                    "repeatable, all must hold",
+                     "schema": {"type": "array", "maxItems": 20, "items": {"type": "string", "maxLength": 300}}},
+                    {"name": "search_after", "in": "query",
+                     "description": "The `next` of the previous answer (an opaque cursor), for the next page",
+                     "schema": {"type": "string", "maxLength": MAX_CURSOR_CHARS}},
+                    {"name": "explain", "in": "query", "description": "Per hit, how its keyword and semantic "
+                                                                      "scores combined",
+                     "schema": {"type": "boolean", "default": False}},
                 ],
                 extra={"429": {"description": "Too many semantic/hybrid searches for this token; see Retry-After",
                                "content": _JSON_OBJ},
                        "502": {"description": "Elasticsearch or the embeddings API failed", "content": _JSON_OBJ}})},
+            "/api/tables/{table}/rows/{id}": {"get": op(
+                "One row's document in the mirror (where a search hit links to), with its source position",
+                security=read_sec, op_id="getRow", params=[table_param, {
+                    "name": "id", "in": "path", "required": True, "example": "1",
+                    "description": "The document id (a search hit's `id`: the primary key)",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 1000}}],
+                extra={"404": _ERROR, "502": {"description": "Elasticsearch failed", "content": _JSON_OBJ}})},
+            "/search": {"get": {
+                "summary": "The search page (HTML): keyword / semantic / hybrid, table and column filters",
+                "operationId": "searchPage", "security": read_sec,
+                "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}}
+                               for n in ("q", "mode", "table", "filters", "size", "search_after", "explain")],
+                "responses": {"200": {"description": "HTML", "content": _HTML},
+                              "400": {"description": "The page with the search's error", "content": _HTML},
+                              "429": {"description": "Too many semantic/hybrid searches: the page with the error",
+                                      "content": _HTML},
+                              "502": {"description": "Elasticsearch or the embeddings API failed: the page with "
+                                                     "the error", "content": _HTML},
+                              "503": {"description": "No Elasticsearch configured: the page with the error",
+                                      "content": _HTML}}}},
             "/api/workers": {"get": op("Live workers and the profile version each applied", security=read_sec,
                                        op_id="listWorkers")},
         }, reads_open),

@@ -8,8 +8,10 @@ Every value from outside (names, errors, states) goes through ``html.escape``.
 from __future__ import annotations
 
 import html
+import re
 import time
 from typing import Any
+from urllib.parse import quote, urlencode
 
 REFRESH_S = 5
 
@@ -24,6 +26,10 @@ th{background:#f0f2f5;font-weight:600}td.l,th.l{text-align:left}
 .bar{display:inline-block;width:70px;height:8px;background:#e3e6ea;vertical-align:middle;margin-right:.3em}
 .bar i{display:block;height:8px;background:#3b82f6}
 svg text{font:11px system-ui,sans-serif;fill:#4b5563}
+mark{background:#ffd54f;color:inherit;padding:0 1px}
+form.search input[name=q]{width:28em}form.search input[name=filters]{width:22em}
+ol.hits{padding-left:1.4em}ol.hits li{margin:.2em 0 1em;max-width:60em}
+.hit .snippet{margin:.2em 0}.hit .meta{font-size:.85em}
 """
 
 
@@ -199,8 +205,9 @@ def render_status(snap: dict[str, Any]) -> str:
 """
 
 
-def render_login(error: str = "") -> str:
-    """The login form: POSTs the token in the body (never the URL), answered with an HttpOnly cookie."""
+def render_login(error: str = "", next_path: str = "/status") -> str:
+    """The login form: POSTs the token in the body (never the URL), answered with an HttpOnly
+    cookie and a redirect to ``next_path`` (one of the views' ``LOGIN_TARGETS``)."""
     msg = f'<p class="bad">{_e(error)}</p>' if error else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -213,7 +220,76 @@ def render_login(error: str = "") -> str:
 {msg}
 <form method="post" action="/login" autocomplete="off">
 <input type="password" name="token" size="48" required autofocus aria-label="API token">
+<input type="hidden" name="next" value="{_e(next_path)}">
 <button type="submit">log in</button>
 </form>
 </body></html>
 """
+
+
+SEARCH_MODES = ("keyword", "semantic", "hybrid")
+_MARK = re.compile(r"(</?mark>)")
+
+
+def safe_snippet(snippet: str | None) -> str:
+    """A hit's snippet as HTML in which ``<mark>`` is the only markup, whatever it holds
+    (highlights come escaped from Elasticsearch; escaping again would show ``&amp;amp;``)."""
+    if not snippet:
+        return ""
+    return "".join(part if part in ("<mark>", "</mark>") else html.escape(html.unescape(part))
+                   for part in _MARK.split(snippet))
+
+
+def _hit_html(h: dict[str, Any]) -> str:
+    table, doc_id = str(h["table"]), str(h["id"])
+    href = f"/api/tables/{quote(table, safe='')}/rows/{quote(doc_id, safe='')}"
+    src = h.get("source") or {}
+    pos = (f'source position <code class="pos">{_e(src.get("position"))}</code> ({_e(src.get("op"))})'
+           if src.get("position") else '<span class="muted">no source position</span>')
+    fields = " · ".join(f"{_e(k)}={_e(v)}" for k, v in list((h.get("fields") or {}).items())[:6])
+    return (f'<li class="hit" data-table="{_e(table)}" data-id="{_e(doc_id)}">'
+            f'<a class="row" href="{_e(href)}">{_e(table)} · id {_e(doc_id)}</a> '
+            f'<span class="muted">score {float(h.get("score") or 0):.4f} · {_e(", ".join(h.get("ranks") or {}))}'
+            f'</span><div class="snippet">{safe_snippet(h.get("snippet"))}</div>'
+            f'<div class="meta muted">{pos} · {fields}</div></li>')
+
+
+def render_search(form: dict[str, str], tables: list[str], result: dict[str, Any] | None,
+                  error: str | None = None) -> str:
+    """The search page: a GET form (a result page is a link) and the hits of ``result``."""
+    mode = form.get("mode") or "keyword"
+    modes = "".join(f'<option{" selected" if m == mode else ""}>{m}</option>' for m in SEARCH_MODES)
+    chosen = form.get("table", "")
+    opts = '<option value="">all tables</option>' + "".join(
+        f'<option value="{_e(t)}"{" selected" if t == chosen else ""}>{_e(t)}</option>' for t in tables)
+    out = [f'''<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>cdcstream search</title><style>{_CSS}</style></head>
+<body>
+<h1>cdcstream search</h1>
+<p class="muted"><a href="/status">status</a> · <a href="/login?next=/search">log in</a>
+· filters: <code>status:paid</code> <code>amount:&gt;=10</code> <code>created:2024-01-01..2024-02-01</code>
+(space-separated; see docs/api.md)</p>
+<form class="search" method="get" action="/search">
+<input name="q" value="{_e(form.get("q", ""))}" placeholder="search text" aria-label="search text" autofocus>
+<select name="mode" aria-label="mode">{modes}</select>
+<select name="table" aria-label="table">{opts}</select>
+<input name="filters" value="{_e(form.get("filters", ""))}" placeholder="column filters" aria-label="column filters">
+<button type="submit">search</button>
+</form>''']
+    if error:
+        out.append(f'<p class="bad" id="error">{_e(error)}</p>')
+    if result is not None:
+        total = result.get("total") or {}
+        more = "+" if total.get("relation") == "gte" else ""
+        out.append(f'<p id="summary">{_n(total.get("value"))}{more} hits · {_e(result.get("mode"))}'
+                   + "".join(f' · <span class="warn">{_e(w)}</span>' for w in result.get("warnings") or []) + "</p>")
+        out.append('<ol class="hits">' + "".join(_hit_html(h) for h in result["hits"]) + "</ol>")
+        if result.get("next"):
+            nxt = {k: v for k, v in form.items() if k != "search_after" and v}
+            nxt["search_after"] = result["next"]
+            out.append(f'<p><a id="next" href="/search?{_e(urlencode(nxt))}">next page</a></p>')
+    out.append("</body></html>\n")
+    return "\n".join(out)

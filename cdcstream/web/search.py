@@ -14,11 +14,19 @@ Three modes, all over the indices the pipeline writes:
   fusion, the previous method, let a weak keyword list pull good semantic hits down:
   docs/benchmarks.md, "Search relevance"). ``rrf`` stays for comparison.
 
-Field filters (``filter.<field>=value``) are ``match`` queries with ``lenient`` on, so a
-word on a number field matches nothing instead of failing; ranges (``range.<field>=lo..hi``)
-target the ``.num`` sub-field of exact decimals (stored as keyword text, see
-``sinks/documents.py``) so 9.5 < 10 numerically. On chunks the same filters apply to the
-row's copy under ``row.<field>``.
+Filters: the filter language ``filter=<column>:<expr>`` (``status:paid``, ``amount:>=10``,
+``created:2024-01-01..2024-02-01``) and the older ``filter.<column>=value`` /
+``range.<column>=lo..hi`` become the same two things: equality (``match``, or a whole day on
+a date column) and ranges. Each is checked against the searched tables' mappings, so an
+unknown column or a value of the wrong type answers 400 naming the filter instead of matching
+nothing; ranges on exact decimals (keyword text, see ``sinks/documents.py``) use their
+``.num`` sub-field so 9.5 < 10. On chunks the same filters apply to the row's copy under
+``row.<column>`` (text columns are not copied there).
+
+Paging (``search_after`` = the ``next`` of the previous answer, an opaque cursor): keyword
+searches page through an Elasticsearch point in time, so concurrent writes neither repeat nor
+skip a row; semantic and hybrid searches page by offset through their fused top-k (k fixed
+by the first page: ``3 × size`` rows per list, the depth the relevance was measured at).
 
 Parsing and fusion are pure functions (unit-tested); ``run_search`` does the I/O.
 """
@@ -26,10 +34,17 @@ Parsing and fusion are pure functions (unit-tested); ``run_search`` does the I/O
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import datetime
+import hashlib
 import html
+import json
+import math
 import re
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from dataclasses import field as dc_field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cdcstream.core.config import ProcessingProfile
@@ -51,6 +66,17 @@ MAX_SIZE = 100
 MAX_QUERY_CHARS = 1000
 MAX_FILTERS = 20
 SNIPPET_CHARS = 300
+#: How long a keyword cursor's point in time is kept between two pages (each page renews it).
+CURSOR_KEEP_ALIVE = "2m"
+MAX_CURSOR_CHARS = 8192
+#: Lucene's English stop words (Elasticsearch's ``_english_``): the snippet does not mark them.
+#: The row indices are analysed by the standard analyzer, which keeps them; changing that
+#: needs a re-index, so the highlight is asked for the query without them instead.
+STOP_WORDS = frozenset(
+    "a an and are as at be but by for if in into is it no not of on or such that the their then there these "
+    "they this to was will with".split())
+_NUMERIC = {"long", "integer", "short", "byte", "double", "float", "half_float", "scaled_float", "unsigned_long"}
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$")
 # Column names as PostgreSQL/MariaDB allow them unquoted, dotted for object sub-fields.
 _FIELD = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]{0,62}(\.[A-Za-z_$][A-Za-z0-9_$]{0,62}){0,3}$")
 
@@ -70,6 +96,10 @@ class RangeFilter:
     field: str
     gte: str | None
     lte: str | None
+    gt: str | None = None
+    lt: str | None = None
+    #: How the caller wrote it, for error messages (``filter=amount:>=10``).
+    label: str = dc_field(default="", compare=False)
 
 
 @dataclass
@@ -80,6 +110,17 @@ class SearchRequest:
     size: int = 10
     filters: dict[str, str] = field(default_factory=dict)
     ranges: list[RangeFilter] = field(default_factory=list)
+    #: column -> how its equality filter was written, for error messages.
+    labels: dict[str, str] = field(default_factory=dict)
+    explain: bool = False
+    #: The decoded ``search_after`` cursor (checked to belong to this query), or None.
+    cursor: dict[str, Any] | None = None
+
+    def fingerprint(self) -> str:
+        """What a cursor must have been made for: everything but ``size`` and the cursor."""
+        ranges = sorted((r.field, r.gte, r.lte, r.gt, r.lt) for r in self.ranges)
+        raw = json.dumps([self.q, self.mode, sorted(self.tables), sorted(self.filters.items()), ranges], default=str)
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -101,8 +142,9 @@ def parse_request(params: Mapping[str, str] | Sequence[tuple[str, str]]) -> Sear
     q: str | None = None
     req = SearchRequest(q="")
     seen: set[str] = set()
+    cursor: str | None = None
     for name, value in items:
-        if name in ("q", "mode", "size") and name in seen:
+        if name in ("q", "mode", "size", "search_after", "explain") and name in seen:
             raise SearchInputError(f"parameter {name!r} given more than once")
         seen.add(name)
         if name == "q":
@@ -120,19 +162,25 @@ def parse_request(params: Mapping[str, str] | Sequence[tuple[str, str]]) -> Sear
                 if not t.strip():
                     raise SearchInputError("table must be a table id such as connector.schema.table")
                 req.tables.append(t.strip())
+        elif name == "filter":
+            _parse_filter(req, value)
         elif name.startswith("filter."):
             f = _field_name(name.removeprefix("filter."), name)
-            if f in req.filters:
-                raise SearchInputError(f"filter on {f!r} given more than once")
-            if not value or len(value) > 256:
-                raise SearchInputError(f"{name}: the value must be 1 to 256 characters")
-            req.filters[f] = value
+            _equality(req, f, value, f"{name}={value}")
         elif name.startswith("range."):
             f = _field_name(name.removeprefix("range."), name)
             req.ranges.append(_range(f, value, name))
+        elif name == "search_after":
+            if not value or len(value) > MAX_CURSOR_CHARS:
+                raise SearchInputError("search_after: pass the `next` of a previous answer unchanged")
+            cursor = value
+        elif name == "explain":
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise SearchInputError("explain must be true or false")
+            req.explain = value.lower() in ("true", "1")
         else:
-            raise SearchInputError(f"unknown parameter {name!r}; known: q, mode, size, table, filter.<field>, "
-                                   f"range.<field>")
+            raise SearchInputError(f"unknown parameter {name!r}; known: q, mode, size, table, filter, "
+                                   f"filter.<field>, range.<field>, search_after, explain")
     if q is None or not q.strip():
         raise SearchInputError("q (the search text) is required")
     if len(q) > MAX_QUERY_CHARS:
@@ -140,7 +188,79 @@ def parse_request(params: Mapping[str, str] | Sequence[tuple[str, str]]) -> Sear
     if len(req.filters) + len(req.ranges) > MAX_FILTERS:
         raise SearchInputError(f"at most {MAX_FILTERS} filters and ranges")
     req.q = q.strip()
+    if cursor is not None:
+        req.cursor = decode_cursor(cursor, req)
     return req
+
+
+def _parse_filter(req: SearchRequest, raw: str) -> None:
+    """One expression of the filter language: ``column:value``, ``column:>=v`` (also ``>``,
+    ``<=``, ``<``) or ``column:lo..hi`` (either side may be left out; both inclusive)."""
+    label = f"filter={raw}"
+    col, sep, expr = raw.partition(":")
+    if not sep or not col:
+        raise SearchInputError(f"{label}: a filter is column:value, column:>=value or column:lo..hi "
+                               "(e.g. filter=status:paid, filter=amount:>=10, filter=created:2024-01-01..2024-02-01)")
+    f = _field_name(col, label)
+    for op, key in ((">=", "gte"), ("<=", "lte"), (">", "gt"), ("<", "lt")):
+        if expr.startswith(op):
+            bound = expr[len(op):]
+            if not bound or len(bound) > 128:
+                raise SearchInputError(f"{label}: {op} needs a value (e.g. {col}:{op}10)")
+            req.ranges.append(RangeFilter(f, **{"gte": None, "lte": None, key: bound}, label=label))
+            return
+    if ".." in expr:
+        r = _range(f, expr, label)
+        req.ranges.append(RangeFilter(f, r.gte, r.lte, label=label))
+        return
+    _equality(req, f, expr, label)
+
+
+def _equality(req: SearchRequest, f: str, value: str, label: str) -> None:
+    if f in req.filters:
+        raise SearchInputError(f"{label}: an equality filter on {f!r} given more than once")
+    if not value or len(value) > 256:
+        raise SearchInputError(f"{label}: the value must be 1 to 256 characters")
+    req.filters[f] = value
+    req.labels[f] = label
+
+
+def encode_cursor(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(raw: str, req: SearchRequest) -> dict[str, Any]:
+    """The cursor of a previous answer, checked for shape and for belonging to ``req``'s query.
+
+    A cursor is not signed: what it can name is harmless (a page offset, a point-in-time id;
+    keyword searches filter on the request's own indices, so another index's point in time
+    shows nothing beyond what the token may search)."""
+    bad = SearchInputError("search_after: not a cursor of this API (pass the `next` of a previous answer unchanged)")
+    try:
+        data = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        raise bad from None
+    if not isinstance(data, dict) or data.get("v") != 1 or not isinstance(data.get("o"), int) or data["o"] < 0:
+        raise bad
+    if data.get("fp") != req.fingerprint():
+        raise SearchInputError("search_after: this cursor belongs to another query (q, mode, table and filters "
+                               "must stay the same from page to page)")
+    if req.mode == "keyword":
+        if not isinstance(data.get("pit"), str) or not isinstance(data.get("after"), list):
+            raise bad
+    elif not isinstance(data.get("d"), int) or not 1 <= data["d"] <= 3 * MAX_SIZE:
+        raise bad
+    return data
+
+
+def highlight_text(q: str) -> str | None:
+    """``q`` without its stop words outside quoted phrases, for the highlighter; None when
+    nothing would change or only stop words are left (then the query itself is highlighted)."""
+    parts = re.findall(r'"[^"]*"?|[^\s"]+', q)
+    kept = [p for p in parts if p.startswith('"') or re.sub(r"^[-+|(]+|(~\d*|[)*])+$", "", p).lower() not in STOP_WORDS]
+    if len(kept) == len(parts) or not kept:
+        return None
+    return " ".join(kept)
 
 
 def _field_name(f: str, param: str) -> str:
@@ -199,16 +319,26 @@ def convex(keyword: Sequence[tuple[K, float]], semantic: Sequence[tuple[K, float
     then ``weight * semantic + (1 - weight) * keyword``; an item missing from a list gets 0
     there. Each list best first; a duplicate counts at its first (best) place; ties keep the
     order of first appearance (keyword list first)."""
+    return [(item, score) for item, score, _ in convex_explained(keyword, semantic, weight)]
+
+
+def convex_explained(keyword: Sequence[tuple[K, float]], semantic: Sequence[tuple[K, float]],
+                     weight: float = 0.5) -> list[tuple[K, float, dict[str, dict[str, float | int] | None]]]:
+    """``convex`` with, per item, each list's part: ``{"keyword": {"score", "rank",
+    "normalised"} or None, "semantic": ...}`` (None: not in that list)."""
     kw = _dedup(keyword)
     sem = _dedup(semantic)
     if not 0.0 <= weight <= 1.0:
         raise ValueError("weight must be in [0, 1]")
     scores: dict[K, float] = {}
-    for items, share in ((kw, 1.0 - weight), (sem, weight)):
-        for (item, _), norm in zip(items, minmax([s for _, s in items]), strict=True):
+    parts: dict[K, dict[str, dict[str, float | int] | None]] = {}
+    for name, items, share in (("keyword", kw, 1.0 - weight), ("semantic", sem, weight)):
+        for rank, ((item, raw), norm) in enumerate(zip(items, minmax([s for _, s in items]), strict=True), start=1):
             scores[item] = scores.get(item, 0.0) + share * norm
+            parts.setdefault(item, {"keyword": None, "semantic": None})[name] = {
+                "score": raw, "rank": rank, "normalised": norm}
     order = {item: i for i, item in enumerate(scores)}
-    return sorted(scores.items(), key=lambda kv: (-kv[1], order[kv[0]]))
+    return [(item, score, parts[item]) for item, score in sorted(scores.items(), key=lambda kv: (-kv[1], order[kv[0]]))]
 
 
 def _dedup(items: Sequence[tuple[K, float]]) -> list[tuple[K, float]]:
@@ -233,30 +363,120 @@ def _prop(props: Mapping[str, Any], dotted: str) -> Mapping[str, Any] | None:
     return node
 
 
-def filter_clauses(req: SearchRequest, mappings: Sequence[Mapping[str, Any]], prefix: str = "") -> list[dict[str, Any]]:
-    """Filter clauses for ``req`` against the given index mappings' ``properties``."""
+def _column(mappings: Sequence[Mapping[str, Any]], f: str) -> Mapping[str, Any] | None:
+    for m in mappings:
+        p = _prop(m, f)
+        if p is not None:
+            return p
+    return None
+
+
+def _is_date_only(v: str) -> bool:
+    return len(v) == 10
+
+
+def _check_value(kind: str, v: str, label: str) -> None:
+    if kind == "number":
+        try:
+            ok = math.isfinite(float(v))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise SearchInputError(f"{label}: {v!r} is not a number")
+    elif kind == "date":
+        if not (_ISO_DATE.match(v) or (v.isascii() and v.isdigit())):
+            raise SearchInputError(f"{label}: {v!r} is not a date (YYYY-MM-DD or an ISO 8601 date-time)")
+        if _ISO_DATE.match(v):
+            try:
+                datetime.date.fromisoformat(v[:10])
+            except ValueError:
+                raise SearchInputError(f"{label}: {v!r} is not a date (YYYY-MM-DD or an ISO 8601 date-time)") from None
+    elif kind == "boolean" and v.lower() not in ("true", "false"):
+        raise SearchInputError(f"{label}: {v!r} is not true or false")
+
+
+def _kind(prop: Mapping[str, Any] | None) -> str:
+    if prop is None:
+        return "unknown"
+    typ = prop.get("type", "object")
+    if typ in _NUMERIC or "num" in prop.get("fields", {}):
+        return "number"
+    if typ in ("date", "date_nanos"):
+        return "date"
+    if typ in ("boolean", "keyword", "text"):
+        return str(typ)
+    return "other"
+
+
+def filter_clauses(req: SearchRequest, mappings: Sequence[Mapping[str, Any]], prefix: str = "",
+                   row_mappings: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Filter clauses for ``req`` against the given index mappings' ``properties``.
+
+    ``row_mappings`` (default ``mappings``) are the row indices' mappings the columns are
+    checked against; with none known (no index yet) filters are passed on unchecked."""
+    rows = mappings if row_mappings is None else row_mappings
+    checked = any(rows)
     out: list[dict[str, Any]] = []
+
+    def target(f: str, label: str, is_range: bool) -> tuple[str, str]:
+        prop = _column(rows, f)
+        kind = _kind(prop)
+        if checked and prop is None:
+            raise SearchInputError(f"{label}: no column {f!r} in the searched tables")
+        if kind == "other":
+            raise SearchInputError(f"{label}: column {f!r} is not filterable (JSON, geometry or binary)")
+        if prefix and checked and _column(mappings, f) is None:
+            raise SearchInputError(f"{label}: {f!r} is a text column, which chunks do not copy: semantic and "
+                                   "hybrid searches filter on the other columns")
+        name = prefix + f
+        if kind == "number" and prop is not None and "num" in prop.get("fields", {}):
+            name += ".num"  # exact decimals are keyword text: compare the numeric sub-field
+        elif kind == "text" and is_range and "keyword" in (prop or {}).get("fields", {}):
+            name += ".keyword"  # a range over the whole text, not over its words
+        return name, kind
+
     for f, v in req.filters.items():
-        out.append({"match": {prefix + f: {"query": v, "lenient": True, "operator": "and"}}})
+        label = req.labels.get(f, f"filter.{f}={v}")
+        name, kind = target(f, label, False)
+        _check_value(kind, v, label)
+        if kind == "date" and _is_date_only(v):
+            # A day, not its first millisecond: "||/d" rounds lte up to the day's last one.
+            out.append({"range": {name: {"gte": v, "lte": f"{v}||/d"}}})
+        elif kind == "number":
+            out.append({"range": {name: {"gte": v, "lte": v}}})
+        else:
+            out.append({"match": {name: {"query": v, "lenient": True, "operator": "and"}}})
     for r in req.ranges:
-        target = prefix + r.field
-        # Exact decimals are keyword text with a numeric `.num` sub-field: range on the number.
-        if any((p := _prop(m, r.field)) is not None and "num" in p.get("fields", {}) for m in mappings):
-            target += ".num"
-        bounds = {k: v for k, v in (("gte", r.gte), ("lte", r.lte)) if v is not None}
-        out.append({"range": {target: bounds}})
+        label = r.label or f"range.{r.field}"
+        name, kind = target(r.field, label, True)
+        if kind == "boolean":
+            raise SearchInputError(f"{label}: a range on the boolean column {r.field!r}; use column:true")
+        bounds: dict[str, str] = {}
+        for key, bound in (("gte", r.gte), ("gt", r.gt), ("lte", r.lte), ("lt", r.lt)):
+            if bound is None:
+                continue
+            _check_value(kind, bound, label)
+            # Date-only upper bounds cover their whole day (lo..hi is inclusive); gt a day means after it.
+            bounds[key] = f"{bound}||/d" if kind == "date" and key in ("lte", "gt") and _is_date_only(bound) else bound
+        out.append({"range": {name: bounds}})
     return out
 
 
 def keyword_body(req: SearchRequest, clauses: list[dict[str, Any]], size: int) -> dict[str, Any]:
+    # encoder=html: snippets are safe to put into a page; only <mark> is markup.
+    highlight: dict[str, Any] = {"fields": {"*": {}}, "require_field_match": False, "encoder": "html",
+                                 "pre_tags": ["<mark>"], "post_tags": ["</mark>"], "fragment_size": 160,
+                                 "number_of_fragments": 1}
+    hl = highlight_text(req.q)
+    if hl is not None:
+        # "keep a shell running" matches rows by "a" too (the standard analyzer keeps stop
+        # words), but the snippet should not mark every "a": highlight the query without them.
+        highlight["highlight_query"] = {"simple_query_string": {"query": hl, "fields": ["*"], "lenient": True}}
     return {
         "size": size,
         "query": {"bool": {"must": [{"simple_query_string": {"query": req.q, "fields": ["*"], "lenient": True}}],
                            "filter": clauses}},
-        # encoder=html: snippets are safe to put into a page; only <mark> is markup.
-        "highlight": {"fields": {"*": {}}, "require_field_match": False, "encoder": "html",
-                      "pre_tags": ["<mark>"], "post_tags": ["</mark>"], "fragment_size": 160,
-                      "number_of_fragments": 1},
+        "highlight": highlight,
     }
 
 
@@ -296,17 +516,25 @@ async def _mappings(es: AsyncElasticsearch, aliases: list[str]) -> list[Mapping[
     return [v.get("mappings", {}).get("properties", {}) for v in resp.body.values()]
 
 
-async def _search(es: AsyncElasticsearch, aliases: list[str], body: dict[str, Any]) -> list[dict[str, Any]]:
-    from elasticsearch import ApiError, BadRequestError, TransportError
+async def _search(es: AsyncElasticsearch, aliases: list[str] | None, body: dict[str, Any]) -> dict[str, Any]:
+    """One search; ``aliases`` None: the body names a point in time instead of indices."""
+    from elasticsearch import ApiError, BadRequestError, NotFoundError, TransportError
 
+    where: dict[str, Any] = {} if aliases is None else {
+        "index": ",".join(aliases), "ignore_unavailable": True, "allow_no_indices": True}
     try:
-        resp = await es.search(index=",".join(aliases), ignore_unavailable=True, allow_no_indices=True, **body)
+        resp = await es.search(**where, **body)
     except BadRequestError as e:
         # The query itself was refused: a range bound that is not a number or a date, etc.
         raise SearchInputError(f"Elasticsearch refused the query: {_reason(e)}") from None
+    except NotFoundError as e:
+        if aliases is None:
+            raise SearchInputError("search_after: the cursor expired (a point in time is kept "
+                                   f"{CURSOR_KEEP_ALIVE} between pages); search again") from None
+        raise SearchBackendError(f"Elasticsearch: {type(e).__name__}: {_reason(e)}") from None
     except (ApiError, TransportError) as e:
         raise SearchBackendError(f"Elasticsearch: {type(e).__name__}: {_reason(e)}") from None
-    return list(resp["hits"]["hits"])
+    return dict(resp.body)
 
 
 def _reason(e: Exception) -> str:
@@ -361,86 +589,186 @@ class _Hit:
     snippet: str | None = None
     chunk: dict[str, Any] | None = None
     ranks: dict[str, int] = field(default_factory=dict)
+    source: dict[str, Any] | None = None
 
-    def out(self, score: float | None = None) -> dict[str, Any]:
+    def out(self, score: float | None = None, explain: dict[str, Any] | None = None) -> dict[str, Any]:
         d: dict[str, Any] = {"table": self.target.id, "table_key": self.target.key, "id": self.id,
                              "score": self.score if score is None else score,
-                             "fields": self.fields or {}, "snippet": self.snippet, "ranks": self.ranks}
+                             "fields": self.fields or {}, "snippet": self.snippet, "ranks": self.ranks,
+                             "source": self.source}
         if self.chunk:
             d["chunk"] = self.chunk
+        if explain is not None:
+            d["explain"] = explain
         return d
+
+
+def source_position(doc: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Where the row's last applied change came from (the ``_cdc`` metadata of its document)."""
+    meta = doc.get(META)
+    if not isinstance(meta, Mapping):
+        return None
+    return {k: meta.get(k) for k in ("position", "op", "ts_source", "version")}
+
+
+def _total(value: int, capped: bool) -> dict[str, Any]:
+    return {"value": value, "relation": "gte" if capped else "eq"}
 
 
 async def run_search(es: AsyncElasticsearch, embedder: Embedder | None, targets: list[Target], req: SearchRequest,
                      *, query_input_type: str | None = "query", query_prefix: str = "") -> dict[str, Any]:
     """Run ``req`` over ``targets`` (already validated for the mode) and return the API body."""
     by_alias = {t.alias: t for t in targets}
-    by_chunks = {t.chunks_alias: t for t in targets if t.profile.embeds}
-    keyword: list[_Hit] = []
-    semantic: list[_Hit] = []
-    warnings: list[str] = []
-    vec: list[float] | None = None
-    want = req.size if req.mode != "hybrid" else min(req.size * 3, MAX_SIZE * 3)
-    if req.mode in ("keyword", "hybrid") and by_alias:
-        maps = await _mappings(es, list(by_alias))
-        body = keyword_body(req, filter_clauses(req, maps), want)
-        for rank, h in enumerate(await _search(es, list(by_alias), body), start=1):
-            t = by_alias.get(_alias_of(h["_index"]))
-            if t is None:
-                continue
-            snippet = _snippet_from_highlight(h.get("highlight", {}), t.text_columns)
-            keyword.append(_Hit(t, h["_id"], float(h.get("_score") or 0.0), _fields(h.get("_source", {})), snippet,
-                                ranks={"keyword": rank}))
-    if req.mode in ("semantic", "hybrid") and by_chunks:
-        if embedder is None:
-            raise SearchInputError("semantic search needs embeddings: set embed_url")
-        try:
-            vec = await embed_query(embedder, req.q, query_input_type, query_prefix)
-        except SearchBackendError as e:
-            if req.mode == "semantic":
-                raise
-            # Hybrid degrades to its keyword half rather than failing the whole search.
-            warnings.append(f"semantic part skipped: {e}")
-            vec = None
-    if req.mode in ("semantic", "hybrid") and by_chunks and vec is not None:
-        maps = [m.get("row", {}).get("properties", {}) for m in await _mappings(es, list(by_chunks))]
-        body = knn_body(vec, filter_clauses(req, maps, prefix="row."), min(want * 3, 1000))
-        best: dict[tuple[str, str], _Hit] = {}
-        for h in await _search(es, list(by_chunks), body):
-            t = by_chunks.get(_alias_of(h["_index"]))
-            src = h.get("_source", {})
-            if t is None or "parent_id" not in src:
-                continue
-            key = (t.id, str(src["parent_id"]))
-            if key in best:
-                continue  # hits come best first: the first chunk of a row is its best
-            text = str(src.get("text", ""))
-            chunk_snippet = html.escape(text[:SNIPPET_CHARS] + ("…" if len(text) > SNIPPET_CHARS else ""))
-            best[key] = _Hit(t, key[1], float(h.get("_score") or 0.0), None, chunk_snippet,
-                             {"column": src.get("column"), "n": src.get("n")})
-        semantic = list(best.values())[:want]
-        for rank, s in enumerate(semantic, start=1):
-            s.ranks["semantic"] = rank
-        await _fill_rows(es, semantic)
+    out: dict[str, Any] = {"q": req.q, "mode": req.mode, "tables": [t.id for t in targets], "size": req.size}
+    row_maps = await _mappings(es, list(by_alias))
     if req.mode == "keyword":
-        hits = [h.out() for h in keyword[:req.size]]
-    elif req.mode == "semantic":
-        hits = [h.out() for h in semantic[:req.size]]
+        return {**out, **await _keyword_page(es, by_alias, req, row_maps)}
+    cur = req.cursor
+    # The fused list's depth is fixed by the first page, so that every page cuts the same list.
+    depth = int(cur["d"]) if cur else min(req.size * 3, MAX_SIZE * 3)
+    offset = int(cur["o"]) if cur else 0
+    warnings: list[str] = []
+    keyword: list[_Hit] = []
+    kw_capped = False
+    if req.mode == "hybrid":
+        resp = await _search(es, list(by_alias), keyword_body(req, filter_clauses(req, row_maps), depth))
+        keyword = [_keyword_hit(t, h, rank) for rank, (t, h) in enumerate(_owned(by_alias, resp), start=1)]
+        kw_capped = resp["hits"]["total"]["value"] > len(keyword)
+    semantic, sem_capped = await _semantic_list(es, embedder, targets, req, depth, row_maps, warnings,
+                                                query_input_type, query_prefix)
+    Parts = dict[str, dict[str, float | int] | None]
+    ranked: list[tuple[_Hit, float, Parts | None]]
+    if req.mode == "semantic":
+        ranked = [(h, h.score, None) for h in semantic]
     else:
         kw = {(h.target.id, h.id): h for h in keyword}
         sem = {(h.target.id, h.id): h for h in semantic}
-        hits = []
-        for key, score in fuse([(k, h.score) for k, h in kw.items()], [(k, h.score) for k, h in sem.items()])[
-                :req.size]:
+        ranked = []
+        for key, score, parts in convex_explained([(k, h.score) for k, h in kw.items()],
+                                                  [(k, h.score) for k, h in sem.items()], SEMANTIC_WEIGHT):
             a, b = kw.get(key), sem.get(key)
             base = a or b
             assert base is not None
             snippet = (a.snippet if a else None) or (b.snippet if b else None)
-            merged = _Hit(base.target, base.id, score, base.fields, snippet, b.chunk if b else None,
-                          {**(a.ranks if a else {}), **(b.ranks if b else {})})
-            hits.append(merged.out(score))
-    return {"q": req.q, "mode": req.mode, "tables": [t.id for t in targets], "size": req.size, "hits": hits,
-            "counts": {"keyword": len(keyword), "semantic": len(semantic)}, "warnings": warnings}
+            ranked.append((_Hit(base.target, base.id, score, base.fields, snippet, b.chunk if b else None,
+                                {**(a.ranks if a else {}), **(b.ranks if b else {})}, base.source), score, parts))
+    page = ranked[offset:offset + req.size]
+    await _fill_rows(es, [h for h, _, _ in page if h.fields is None])
+    hits = []
+    for h, score, why in page:
+        explain: dict[str, Any] | None = None
+        if req.explain:
+            explain = ({"semantic": {"score": h.score, "rank": h.ranks.get("semantic")}, "final": h.score}
+                       if why is None else {**why, "weight": SEMANTIC_WEIGHT, "final": score})
+        hits.append(h.out(score, explain))
+    end = offset + len(page)
+    nxt = encode_cursor({"v": 1, "fp": req.fingerprint(), "o": end, "d": depth}) if end < len(ranked) else None
+    return {**out, "hits": hits, "total": _total(len(ranked), kw_capped or sem_capped), "next": nxt,
+            "depth": depth, "counts": {"keyword": len(keyword), "semantic": len(semantic)}, "warnings": warnings}
+
+
+def _owned(by_alias: Mapping[str, Target], resp: Mapping[str, Any]) -> list[tuple[Target, dict[str, Any]]]:
+    """The answer's hits with their table (hits of an index not asked for are dropped)."""
+    out = []
+    for h in resp["hits"]["hits"]:
+        t = by_alias.get(_alias_of(h["_index"]))
+        if t is not None:
+            out.append((t, h))
+    return out
+
+
+def _keyword_hit(t: Target, h: Mapping[str, Any], rank: int) -> _Hit:
+    src = h.get("_source", {})
+    snippet = _snippet_from_highlight(h.get("highlight", {}), t.text_columns)
+    return _Hit(t, h["_id"], float(h.get("_score") or 0.0), _fields(src), snippet, ranks={"keyword": rank},
+                source=source_position(src))
+
+
+async def _keyword_page(es: AsyncElasticsearch, by_alias: Mapping[str, Target], req: SearchRequest,
+                        row_maps: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One page of a keyword search through a point in time (opened by the first page, kept
+    while there are more pages, closed after the last)."""
+    from elasticsearch import ApiError, TransportError
+
+    aliases = list(by_alias)
+    clauses = filter_clauses(req, row_maps)
+    # A cursor is not signed and its point in time may name any index: only the request's
+    # tables (the ones this token may search) count.
+    clauses.append({"terms": {"_index": aliases}})
+    cur = req.cursor
+    if cur is None:
+        try:
+            pit = (await es.open_point_in_time(index=",".join(aliases), keep_alive=CURSOR_KEEP_ALIVE,
+                                               ignore_unavailable=True))["id"]
+        except (ApiError, TransportError) as e:
+            raise SearchBackendError(f"Elasticsearch: {type(e).__name__}: {_reason(e)}") from None
+    else:
+        pit = str(cur["pit"])
+    body = keyword_body(req, clauses, req.size)
+    # Sorted by score; the point in time adds its own tiebreak (_shard_doc), so equal scores
+    # keep one order from page to page.
+    body.update(pit={"id": pit, "keep_alive": CURSOR_KEEP_ALIVE}, sort=[{"_score": "desc"}],
+                track_total_hits=True)
+    if cur is not None:
+        body["search_after"] = cur["after"]
+    resp = await _search(es, None, body)
+    pit = str(resp.get("pit_id") or pit)
+    raw = resp["hits"]["hits"]
+    offset = int(cur["o"]) if cur else 0
+    hits = []
+    for rank, (t, h) in enumerate(_owned(by_alias, resp), start=offset + 1):
+        hit = _keyword_hit(t, h, rank)
+        hits.append(hit.out(explain={"keyword": {"score": hit.score, "rank": rank}, "final": hit.score}
+                            if req.explain else None))
+    total = resp["hits"]["total"]
+    end = offset + len(raw)
+    more = len(raw) == req.size and end < int(total["value"])
+    nxt = None
+    if more:
+        nxt = encode_cursor({"v": 1, "fp": req.fingerprint(), "o": end, "pit": pit, "after": raw[-1]["sort"]})
+    else:
+        with contextlib.suppress(ApiError, TransportError):
+            await es.close_point_in_time(id=pit)
+    return {"hits": hits, "total": {"value": int(total["value"]), "relation": total["relation"]}, "next": nxt,
+            "counts": {"keyword": len(hits), "semantic": 0}, "warnings": []}
+
+
+async def _semantic_list(es: AsyncElasticsearch, embedder: Embedder | None, targets: list[Target],
+                         req: SearchRequest, depth: int, row_maps: Sequence[Mapping[str, Any]], warnings: list[str],
+                         query_input_type: str | None, query_prefix: str) -> tuple[list[_Hit], bool]:
+    """The semantic list (rows, best first, at most ``depth``) and whether more rows could match."""
+    by_chunks = {t.chunks_alias: t for t in targets if t.profile.embeds}
+    if not by_chunks:
+        return [], False
+    if embedder is None:
+        raise SearchInputError("semantic search needs embeddings: set embed_url")
+    try:
+        vec = await embed_query(embedder, req.q, query_input_type, query_prefix)
+    except SearchBackendError as e:
+        if req.mode == "semantic":
+            raise
+        # Hybrid degrades to its keyword half rather than failing the whole search.
+        warnings.append(f"semantic part skipped: {e}")
+        return [], False
+    maps = [m.get("row", {}).get("properties", {}) for m in await _mappings(es, list(by_chunks))]
+    k = min(depth * 3, 1000)
+    resp = await _search(es, list(by_chunks), knn_body(vec, filter_clauses(req, maps, "row.", row_maps), k))
+    best: dict[tuple[str, str], _Hit] = {}
+    for t, h in _owned(by_chunks, resp):
+        src = h.get("_source", {})
+        if "parent_id" not in src:
+            continue
+        key = (t.id, str(src["parent_id"]))
+        if key in best:
+            continue  # hits come best first: the first chunk of a row is its best
+        text = str(src.get("text", ""))
+        chunk_snippet = html.escape(text[:SNIPPET_CHARS] + ("…" if len(text) > SNIPPET_CHARS else ""))
+        best[key] = _Hit(t, key[1], float(h.get("_score") or 0.0), None, chunk_snippet,
+                         {"column": src.get("column"), "n": src.get("n")})
+    semantic = list(best.values())[:depth]
+    for rank, s in enumerate(semantic, start=1):
+        s.ranks["semantic"] = rank
+    return semantic, len(resp["hits"]["hits"]) >= k or len(best) > depth
 
 
 async def _fill_rows(es: AsyncElasticsearch, hits: list[_Hit]) -> None:
@@ -454,4 +782,21 @@ async def _fill_rows(es: AsyncElasticsearch, hits: list[_Hit]) -> None:
     except (ApiError, TransportError) as e:
         raise SearchBackendError(f"Elasticsearch: {type(e).__name__}: {_reason(e)}") from None
     for h, d in zip(hits, resp["docs"], strict=True):
-        h.fields = _fields(d.get("_source", {})) if d.get("found") else {}
+        src = d.get("_source", {}) if d.get("found") else {}
+        h.fields = _fields(src)
+        h.source = source_position(src)
+
+
+async def get_row(es: AsyncElasticsearch, target: Target, doc_id: str) -> dict[str, Any] | None:
+    """One row's document (the search hit's link), or None when the row is not in the mirror."""
+    from elasticsearch import ApiError, NotFoundError, TransportError
+
+    try:
+        d = await es.get(index=target.alias, id=doc_id)
+    except NotFoundError:
+        return None
+    except (ApiError, TransportError) as e:
+        raise SearchBackendError(f"Elasticsearch: {type(e).__name__}: {_reason(e)}") from None
+    src = d.get("_source", {})
+    return {"table": target.id, "table_key": target.key, "id": doc_id, "fields": _fields(src),
+            "source": source_position(src)}

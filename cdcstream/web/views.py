@@ -145,6 +145,14 @@ def parse_bool(params: Any, name: str) -> bool:
     return raw.lower() in ("true", "1")
 
 
+#: Where the login form may send the browser afterwards (never an address given from outside).
+LOGIN_TARGETS = ("/status", "/search")
+
+
+def login_target(wanted: str | None) -> str:
+    return wanted if wanted in LOGIN_TARGETS else "/status"
+
+
 def bearer(header: str | None) -> str | None:
     if not header:
         return None
@@ -321,7 +329,8 @@ def register(app: faust.App, pipe: Pipeline) -> None:
         async def get(self, request: Request, **kwargs: Any) -> Response:
             from cdcstream.web.pages import render_login
 
-            return self.html(render_login(), headers={"Cache-Control": "no-store"})
+            return self.html(render_login(next_path=login_target(request.query.get("next"))),
+                             headers={"Cache-Control": "no-store"})
 
         async def post(self, request: Request, **kwargs: Any) -> Response:
             from cdcstream.web.pages import render_login
@@ -329,9 +338,11 @@ def register(app: faust.App, pipe: Pipeline) -> None:
             raw = await request.read()
             if len(raw) > MAX_BODY_BYTES:
                 raise HttpError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
-            token = (parse_qs(raw.decode("utf-8", "replace")).get("token") or [""])[0].strip()
+            form = parse_qs(raw.decode("utf-8", "replace"))
+            token = (form.get("token") or [""])[0].strip()
+            target = login_target(next(iter(form.get("next") or []), None))
             if not token:
-                return self.html(render_login("a token is required"), status=400,
+                return self.html(render_login("a token is required", target), status=400,
                                  headers={"Cache-Control": "no-store"})
             who = None
             if self.book.entries:
@@ -340,13 +351,14 @@ def register(app: faust.App, pipe: Pipeline) -> None:
                 except Unresolvable:
                     raise HttpError(503, "the API tokens cannot be resolved right now") from None
             if who is None:
-                return self.html(render_login("wrong token"), status=401, headers={"Cache-Control": "no-store"})
+                return self.html(render_login("wrong token", target), status=401,
+                                 headers={"Cache-Control": "no-store"})
             fp = await self.book.fingerprint(who.name)
             sid = self.sessions.open(who, fp or "")
             log.info("login: session opened for token %r", who.name)
             cookie = (f"{SESSION_COOKIE}={sid}; HttpOnly; SameSite=Strict; Path=/; Max-Age={int(SESSION_TTL_S)}"
                       + ("; Secure" if getattr(request, "scheme", "http") == "https" else ""))
-            return self.bytes(b"", status=303, headers={"Location": "/status", "Set-Cookie": cookie,
+            return self.bytes(b"", status=303, headers={"Location": target, "Set-Cookie": cookie,
                                                          "Cache-Control": "no-store"})
 
     @page("/logout")
@@ -472,6 +484,34 @@ def register(app: faust.App, pipe: Pipeline) -> None:
         async def get(self, request: Request, **kwargs: Any) -> Response:
             return self.json(await search(pipe, list(request.query.items()), principal(request) or ANONYMOUS,
                                           limiter))
+
+    @page("/api/tables/{table}/rows/{id}")
+    class Row(Base):
+        """A row's document as the mirror holds it: where a search hit links to."""
+
+        async def get(self, request: Request, **kwargs: Any) -> Response:
+            return self.json(await row_document(pipe, kwargs["table"], kwargs["id"],
+                                                principal(request) or ANONYMOUS))
+
+    @page("/search")
+    class SearchPage(Base):
+        """The search page: the same search as /api/search, rendered server-side."""
+
+        async def get(self, request: Request, **kwargs: Any) -> Response:
+            from cdcstream.web.pages import render_search
+
+            who = principal(request) or ANONYMOUS
+            form = search_form(list(request.query.items()))
+            result, error, status = None, None, 200
+            if form.get("q"):
+                try:
+                    result = await search(pipe, form_params(form), who, limiter)
+                except HttpError as e:
+                    error, status = str(e.body["error"]), e.status
+            tables = [table_id(r) for r in pipe.router.by_key.values()
+                      if _may_search(pipe, who, r) and not live_profile(pipe, r)[0].archives]
+            return self.html(render_search(form, tables, result, error), status=status,
+                             headers={"Cache-Control": "no-store"})
 
 
 def dlq_page(records: list[dict[str, Any]], end: int,
@@ -677,6 +717,50 @@ async def search(pipe: Pipeline, params: list[tuple[str, str]], who: Principal =
         raise bad(str(e)) from None
     except s.SearchBackendError as e:
         raise HttpError(502, str(e)) from None
+
+
+#: The search page's form fields; ``filters`` holds filter-language expressions, space-separated.
+SEARCH_FORM = ("q", "mode", "table", "filters", "size", "search_after", "explain")
+
+
+def search_form(params: list[tuple[str, str]]) -> dict[str, str]:
+    """The search page's form values (unknown fields ignored: it is a page, not the API)."""
+    form: dict[str, str] = {}
+    for k, v in params:
+        if k in SEARCH_FORM and k not in form:
+            form[k] = v[:2000]
+    return form
+
+
+def form_params(form: dict[str, str]) -> list[tuple[str, str]]:
+    """The form as /api/search parameters."""
+    out = [(k, form[k]) for k in ("q", "mode", "table", "size", "search_after", "explain") if form.get(k)]
+    out += [("filter", f) for f in form.get("filters", "").split()]
+    return out
+
+
+async def row_document(pipe: Pipeline, ident: str, doc_id: str, who: Principal) -> dict[str, Any]:
+    from cdcstream.web import search as s
+
+    r = find_route(pipe, ident)
+    if r is None:
+        raise HttpError(404, f"no table {ident!r}")
+    if not _may_search(pipe, who, r):
+        raise HttpError(403, f"token {who.name!r} may not read rows of {ident!r}")
+    prof, _ = live_profile(pipe, r)
+    if prof.archives:
+        raise HttpError(404, f"{table_id(r)} has profile archive: its rows are not indexed")
+    await pipe.ready()
+    if pipe.es is None:
+        raise HttpError(503, "rows are read from Elasticsearch: elasticsearch_url is not set")
+    target = s.Target(table_id(r), r.table_id.key, r.alias, r.chunks_alias, prof, r.table.text_columns)
+    try:
+        doc = await s.get_row(pipe.es, target, doc_id)
+    except s.SearchBackendError as e:
+        raise HttpError(502, str(e)) from None
+    if doc is None:
+        raise HttpError(404, f"no row {doc_id!r} in {table_id(r)} (deleted, or not mirrored yet)")
+    return doc
 
 
 def _may_search(pipe: Pipeline, who: Principal, route: Route) -> bool:

@@ -93,7 +93,7 @@ def call(p: Pipeline, method: str, path: str, token: str | None, **kw: Any) -> r
 def concrete(path: str, op: dict[str, Any] | None, p: Pipeline) -> str:
     """A callable URL for a documented path: path parameters from the document's examples,
     required query parameters filled in."""
-    url = path.replace("{table}", f"{p.connector}.public.orders")
+    url = path.replace("{table}", f"{p.connector}.public.orders").replace("{id}", "1")
     required = [x["name"] for x in (op or {}).get("parameters", []) if x.get("in") == "query" and x.get("required")]
     return url + ("?" + "&".join(f"{n}=x" for n in required) if required else "")
 
@@ -232,6 +232,31 @@ def test_status_page_in_a_browser_session(p: Pipeline) -> None:
     # Neither token reached the worker's log.
     log = (p.tmp / "worker.log").read_text(errors="replace")
     assert READ not in log and ADMIN not in log and SCOPED not in log
+
+
+def test_search_page_and_rows_in_a_table_scoped_session(p: Pipeline) -> None:
+    """The search page in a browser with a table-scoped token: the login form leads back to
+    /search, the token's table is searchable and its rows readable, nothing beyond it."""
+    browser = requests.Session()
+    base = f"http://127.0.0.1:{p.web_port}"
+    orders, articles = f"{p.connector}.public.orders", f"{p.connector}.public.articles"
+    assert browser.get(f"{base}/search", timeout=30).status_code == 401
+    form = browser.get(f"{base}/login", params={"next": "/search"}, timeout=30).text
+    assert 'name="next" value="/search"' in form
+    # Only the known pages: never an address from outside.
+    assert 'value="/status"' in browser.get(f"{base}/login", params={"next": "https://evil.example/"},
+                                           timeout=30).text
+    r = browser.post(f"{base}/login", data={"token": SCOPED, "next": "/search"}, timeout=30, allow_redirects=False)
+    assert r.status_code == 303 and r.headers["Location"] == "/search"
+    page = browser.get(f"{base}/search", params={"q": "acme"}, timeout=30)
+    assert page.status_code == 200 and f'data-table="{orders}" data-id="1"' in page.text
+    assert f'<option value="{articles}"' not in page.text  # the table list keeps to the token's tables
+    denied = browser.get(f"{base}/search", params={"q": "slot", "table": articles}, timeout=30)
+    assert denied.status_code == 403 and "may not search" in denied.text
+    row = browser.get(f"{base}/api/tables/{orders}/rows/1", timeout=30)
+    assert row.status_code == 200 and row.json()["fields"]["customer"] == "acme"
+    assert browser.get(f"{base}/api/tables/{articles}/rows/1", timeout=30).status_code == 403
+    browser.post(f"{base}/logout", timeout=30)
 
 
 def test_dlq_listing_pages_on_a_byte_budget(p: Pipeline) -> None:

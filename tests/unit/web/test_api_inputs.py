@@ -82,7 +82,8 @@ def test_too_many_filters() -> None:
 
 def test_ranges_use_the_numeric_subfield_of_decimals() -> None:
     req = parse_request([("q", "x"), ("range.amount", "1..2"), ("range.qty", "..3"), ("filter.status", "paid")])
-    mapping = {"amount": {"type": "keyword", "fields": {"num": {"type": "double"}}}, "qty": {"type": "long"}}
+    mapping = {"amount": {"type": "keyword", "fields": {"num": {"type": "double"}}}, "qty": {"type": "long"},
+               "status": {"type": "keyword"}}
     clauses = filter_clauses(req, [mapping])
     assert {"range": {"amount.num": {"gte": "1", "lte": "2"}}} in clauses
     assert {"range": {"qty": {"lte": "3"}}} in clauses
