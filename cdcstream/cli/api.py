@@ -147,12 +147,16 @@ def profiles_set(table: str, profile: str, backfill: bool, yes: bool, drop_index
 @click.option("--size", type=click.IntRange(1, 100), default=10, show_default=True)
 @click.option("--filter", "filters", multiple=True, metavar="FIELD=VALUE", help="Exact field filter; repeatable.")
 @click.option("--range", "ranges", multiple=True, metavar="FIELD=LO..HI", help="Range filter; repeatable.")
+@click.option("--where", "wheres", multiple=True, metavar="COLUMN:EXPR",
+              help="A filter of the API's filter language (status:paid, amount:>=10, "
+                   "ordered_at:2024-01-01..2024-01-31); repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="The API's JSON answer.")
 def search(query: str, tables: tuple[str, ...], mode: str, size: int, filters: tuple[str, ...],
-           ranges: tuple[str, ...], as_json: bool) -> None:
+           ranges: tuple[str, ...], wheres: tuple[str, ...], as_json: bool) -> None:
     """Search the mirror: keyword, semantic or hybrid."""
     params: list[tuple[str, str]] = [("q", query), ("mode", mode), ("size", str(size))]
     params += [("table", t) for t in tables]
+    params += [("filter", w) for w in wheres]
     for kind, items in (("filter", filters), ("range", ranges)):
         for f in items:
             name, sep, value = f.partition("=")
@@ -167,6 +171,9 @@ def search(query: str, tables: tuple[str, ...], mode: str, size: int, filters: t
         return
     if not data["hits"]:
         click.echo("no hits")
+    total = data.get("total") or {}
+    if total:
+        click.echo(f"{total['value']}{'+' if total.get('relation') == 'gte' else ''} hits")
     for h in data["hits"]:
         click.echo(f"{h['score']:.4f}  {h['table']}  id={h['id']}")
         if h.get("snippet"):

@@ -304,3 +304,15 @@ def test_docs_searching_commands(p: Pipeline, tmp_path: Path) -> None:
         h["id"] for h in first_page["hits"]}
     assert explained["hits"] and all("final" in h["explain"] and "weight" in h["explain"] for h in explained["hits"])
     assert row["id"] == "1" and row["fields"]["id"] == 1 and row["source"]["position"]
+
+
+def test_cli_search_with_the_filter_language(p: Pipeline) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "cdcstream.cli", "search", "*", "--table", tid(p, "orders"),
+                          "--where", "status:paid", "--where", "amount:>=10", "--size", "100"],
+                         env={**p.env, "CDCSTREAM_WEB_PORT": str(p.web_port)}, capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    expected = source_ids(p, "status = 'paid' AND amount >= 10")
+    assert set(re.findall(r"  id=(\d+)", out)) == expected and f"{len(expected)} hits" in out, out
