@@ -289,16 +289,18 @@ def _spec(cfg: Any, name: str) -> Any:
 @click.argument("name")
 @click.option("--drop-slot", is_flag=True,
               help="Also reset offsets and drop the replication slot and publication (PostgreSQL) or the "
-                   "schema-history topic (MariaDB/MySQL), so a re-created connector snapshots afresh.")
+                   "schema-history topic (MariaDB/MySQL), so a re-created connector snapshots afresh; revoke "
+                   "its Vault lease and remove its provider-mode credential files.")
 @click.option("--topics", "with_topics", is_flag=True,
               help="Also delete the connector's Kafka topics (<prefix>, <prefix>.* and its heartbeat topic), "
                    "e.g. to re-create it with another partition count.")
 @config_option
 def connectors_delete(name: str, drop_slot: bool, with_topics: bool, config_path: str | None) -> None:
-    """Delete a connector; with --drop-slot: stop, reset offsets, delete, drop slot and publication."""
+    """Delete a connector; with --drop-slot: stop, reset offsets, delete, drop slot and publication, revoke
+    its Vault lease and remove its credential files."""
     from cdcstream.core.resolver import Resolver
     from cdcstream.core.secrets import SecretError
-    from cdcstream.ops.credentials import resolve_credentials
+    from cdcstream.ops.credentials import forget_credentials, resolve_credentials
     from cdcstream.ops.kconnect import ConnectError
     from cdcstream.ops.lifecycle import delete_connector, delete_connector_topics
 
@@ -322,8 +324,12 @@ def connectors_delete(name: str, drop_slot: bool, with_topics: bool, config_path
         else:
             spec = _spec(_config(config_path), name)
             prefix = prefix or spec.prefix
-            delete_connector(c, spec, resolve_credentials(spec, Resolver()), s.kafka_bootstrap,
+            resolver = Resolver()
+            delete_connector(c, spec, resolve_credentials(spec, resolver), s.kafka_bootstrap,
                              drop_slot=True, log_fn=click.echo)
+            # Removed for good: its credentials go too (a plain delete keeps them, with the slot).
+            for line in forget_credentials(spec, resolver):
+                click.echo(f"{name}: {line}")
         if with_topics:
             if prefix is None:
                 prefix = _spec(_config(config_path), name).prefix

@@ -160,6 +160,36 @@ class CredentialStore:
     def save_lease(self, state: LeaseState) -> None:
         self._write(LEASE_FILE, json.dumps(asdict(state), indent=2))
 
+    def remove(self) -> bool:
+        """Delete the files (and the directory when nothing else is in it); True if any existed."""
+        found = False
+        for path in [*(self.dir / n for n in (USER_FILE, PASSWORD_FILE, LEASE_FILE)), *self.dir.glob(".*.*")]:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                found = True
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()  # only if empty: a directory the user shares with other files stays
+        return found
+
+
+def forget_credentials(spec: ConnectorSpec, resolver: Resolver | None) -> list[str]:
+    """After a connector is removed for good (``delete --drop-slot``): revoke its Vault leases (the
+    current one and one a rotation left in flight), so the dynamic user is dropped now rather than
+    at its TTL, then delete its credential files, which hold a password nothing needs any more.
+    Returns what was done, one line each. A Vault that cannot be reached raises, and the files stay
+    so that the lease can still be revoked later."""
+    store = CredentialStore(credentials_dir(spec))
+    done: list[str] = []
+    state = store.load_lease()
+    if state is not None and resolver is not None:
+        vault = vault_client(resolver)
+        for lease_id in filter(None, (state.lease_id, state.previous_lease_id)):
+            vault.revoke(Lease(lease_id, 0, False))  # Vault answers 204 for a lease it no longer knows
+            done.append(f"revoked lease {lease_id} (user {state.username})")
+    if store.remove():
+        done.append(f"removed credential files in {store.dir}")
+    return done
+
 
 def vault_client(resolver: Resolver) -> VaultClient:
     """The resolver's Vault client (built from CDCSTREAM_VAULT_* when it has none yet)."""

@@ -17,7 +17,7 @@ from cdcstream.core.config import Config, ConnectorSpec
 from cdcstream.core.resolver import Resolver
 from cdcstream.core.secrets import SecretRef
 from cdcstream.ops import debezium
-from cdcstream.ops.credentials import Credentials, resolve_credentials
+from cdcstream.ops.credentials import Credentials, forget_credentials, resolve_credentials
 from cdcstream.ops.kconnect import ConnectClient, mask_config
 from cdcstream.ops.sourcedb import connect_mariadb, connect_postgres
 
@@ -275,7 +275,8 @@ def _connector_topics(kafka_bootstrap: str, spec: ConnectorSpec | str) -> list[s
 
 
 def remove_connector(client: ConnectClient, spec: ConnectorSpec, creds: Credentials, kafka_bootstrap: str,
-                     *, topics: bool = True, log_fn: Callable[[str], None] = print) -> None:
+                     *, topics: bool = True, resolver: Resolver | None = None,
+                     log_fn: Callable[[str], None] = print) -> None:
     """Remove ``spec``'s connector and what it leaves behind, so that nothing of it stays.
 
     A connector that exists in Kafka Connect goes through ``delete_connector(drop_slot=True)``
@@ -285,7 +286,9 @@ def remove_connector(client: ConnectClient, spec: ConnectorSpec, creds: Credenti
     (``delete_connector`` does that). With ``topics``, its topics go last (``<prefix>``,
     ``<prefix>.*`` and ``__debezium-heartbeat.<prefix>``); a task still running would
     re-create them, so they follow the connector. ``creds`` only need to reach the source
-    database (a superuser does). A failing step raises: the later ones would fail or be undone.
+    database (a superuser does). Its credential files go last, and with a ``resolver`` its Vault
+    leases are revoked first (``forget_credentials``). A failing step raises: the later ones would
+    fail or be undone.
     """
     if client.get_config(spec.name) is not None:
         delete_connector(client, spec, creds, kafka_bootstrap, drop_slot=True, log_fn=log_fn)
@@ -297,6 +300,8 @@ def remove_connector(client: ConnectClient, spec: ConnectorSpec, creds: Credenti
     if topics:
         for topic in _delete_topics(kafka_bootstrap, _connector_topics(kafka_bootstrap, spec)):
             log_fn(f"deleted topic {topic}")
+    for line in forget_credentials(spec, resolver):
+        log_fn(f"{spec.name}: {line}")
 
 
 def delete_connector_topics(kafka_bootstrap: str, prefix: str) -> list[str]:

@@ -184,3 +184,18 @@ def test_inline_mode_rotates_by_put_and_connect_stores_the_value(src: DynamicSou
     src.sql("INSERT INTO public.items VALUES (7, 'after an inline rotation')")
     wait_until(lambda: 7 in captured_ids(src.topic), timeout=120, what="the row after the rotation",
                retry_on=KAFKA_NOT_YET)
+
+
+def test_delete_drop_slot_revokes_the_lease_and_removes_the_files(src: DynamicSource) -> None:
+    # Before, `delete --drop-slot` left the lease (the dynamic user lived on until its TTL) and the
+    # 0600 password file of a connector that no longer existed.
+    applied(src)
+    lease = src.lease()
+    user = lease["username"]
+    assert src.role_exists(user)
+    r = src.cli("connectors", "delete", src.connector, "--drop-slot")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert f"revoked lease {lease['lease_id']} (user {user})" in r.stdout, r.stdout
+    assert f"removed credential files in {src.creds_dir}" in r.stdout and not src.creds_dir.exists(), r.stdout
+    # Vault's revocation statements dropped the user.
+    assert not src.role_exists(user)

@@ -210,6 +210,13 @@ def test_regression_delete_drop_slot_of_a_failed_connector(stack: None, tmp_path
 
 
 # --- delete --drop-slot ---------------------------------------------------------------
+def _credentials_dir(src: PgSource) -> Path:
+    from cdcstream.core.config import load_config
+    from cdcstream.ops.credentials import credentials_dir
+
+    return credentials_dir(load_config(src.config_path).connectors[0])
+
+
 def test_delete_drop_slot_then_recreate_takes_a_fresh_snapshot(src: PgSource, client: ConnectClient) -> None:
     _apply(src)
     _running(client, src)
@@ -220,12 +227,16 @@ def test_delete_drop_slot_then_recreate_takes_a_fresh_snapshot(src: PgSource, cl
     wait_until(lambda: bool(client.offsets(src.name)), timeout=90, what="offsets committed",
                retry_on=CONNECT_NOT_YET)
 
+    creds = _credentials_dir(src)
+    assert (creds / "password").read_text() == src.password  # provider mode: the file Connect reads
     r = src.cli("connectors", "delete", src.name, "--drop-slot")
     assert r.exit_code == 0, output(r)
     assert "offsets reset" in r.stdout and f"dropped replication slot {src.slot}" in r.stdout, output(r)
     assert client.get_config(src.name) is None
     assert src.slots() == []
     assert src.slot not in src.publications()
+    # Removed for good: no password left on disk for a connector that no longer exists.
+    assert f"removed credential files in {creds}" in r.stdout and not creds.exists(), output(r)
 
     start = end_offsets(src.topic("items"))
     src.sql("INSERT INTO items VALUES (10, 'while deleted')")
@@ -250,6 +261,7 @@ def test_regression_drop_slot_after_plain_delete_still_resets_offsets(src: PgSou
                retry_on=CONNECT_NOT_YET)
     r = src.cli("connectors", "delete", src.name)
     assert r.exit_code == 0 and "offsets and the replication slot stay" in r.stdout, output(r)
+    assert (_credentials_dir(src) / "password").exists()  # kept with the slot: --drop-slot below needs them
     wait_until(lambda: _slot_pid(src) is None, what="slot released")
 
     r = src.cli("connectors", "delete", src.name, "--drop-slot")
