@@ -234,6 +234,26 @@ def test_status_page_in_a_browser_session(p: Pipeline) -> None:
     assert READ not in log and ADMIN not in log and SCOPED not in log
 
 
+def test_a_forged_cursor_shows_a_scoped_token_nothing_beyond_its_tables(p: Pipeline) -> None:
+    """Cursors are not signed: one made over every table (a read token's point in time), re-bound
+    to the scoped token's own query, must still keep to the scoped token's tables."""
+    import base64
+
+    from cdcstream.web.search import encode_cursor, parse_request
+
+    first = call(p, "GET", "/api/search?q=*&size=1", READ).json()
+    assert first["total"]["value"] == 3 and first["next"]  # two orders and the article
+    raw = first["next"]
+    cursor = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    # From before the best score: every row of that point in time would follow.
+    forged = encode_cursor({**cursor, "o": 0, "after": [1e9, 0], "fp": parse_request([("q", "*")]).fingerprint()})
+    r = call(p, "GET", f"/api/search?q=*&size=10&search_after={forged}", SCOPED)
+    assert r.status_code == 200, r.text
+    assert sorted((h["table"], h["id"]) for h in r.json()["hits"]) == [
+        (f"{p.connector}.public.orders", "1"), (f"{p.connector}.public.orders", "2")], r.text
+    assert r.json()["total"] == {"value": 2, "relation": "eq"}
+
+
 def test_search_page_and_rows_in_a_table_scoped_session(p: Pipeline) -> None:
     """The search page in a browser with a table-scoped token: the login form leads back to
     /search, the token's table is searchable and its rows readable, nothing beyond it."""
