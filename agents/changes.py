@@ -56,6 +56,19 @@ def register(app: faust.App, pipe: Pipeline) -> None:
             async with pipe.archive_lock:
                 await handle_batch(pipe, stream, list(batch))
 
+    @app.task  # type: ignore[untyped-decorator]
+    async def resume_migrations() -> None:
+        """An index rebuild a killed worker left half-done resumes at start (without this, at
+        its table's next change). Best effort: that next change resumes it too."""
+        # Every table's, whatever its profile: a live profile change may have made it index.
+        aliases = [a for r in pipe.router.by_key.values() for a in (r.alias, r.chunks_alias)]
+        try:
+            processor = await pipe.ready()
+            if processor.es is not None and await processor.es.resume(aliases):
+                log.warning("resumed the index rebuilds a stopped worker left half-done")
+        except Exception as e:  # noqa: BLE001 - the table's next change resumes it instead
+            log.warning("resuming index rebuilds at start failed (%s: %s)", type(e).__name__, mask_text(str(e)))
+
     wait_s = pipe.settings.archive_max_wait_s
     if wait_s:
         @app.timer(max(0.5, min(5.0, wait_s / 2)))  # type: ignore[untyped-decorator]

@@ -103,6 +103,9 @@ class Mirror(Protocol):
     async def drop(self, alias: str) -> bool:
         """Delete every index behind ``alias``; False if there was none."""
 
+    async def resume(self, aliases: Iterable[str]) -> int:
+        """Resume the rebuilds a stopped worker left half-done behind ``aliases``; how many run."""
+
     def migration_views(self) -> list[dict[str, Any]]:
         """The index rebuilds in progress (``/status``): alias, generations, copied, total, rate."""
 

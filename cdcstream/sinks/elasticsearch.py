@@ -338,6 +338,16 @@ class EsMirror:
         meta = {MARK: {"schema_version": schema_version, "changed": changed}}
         await self._retrying(lambda: self.es.indices.put_mapping(index=index, meta=meta))
 
+    async def resume(self, aliases: Iterable[str]) -> int:
+        """Read the indices behind ``aliases`` now rather than at their table's next change: a
+        rebuild a killed worker left half-done resumes at start. Returns how many resumed."""
+        for alias in aliases:
+            if alias not in self._known:
+                props = await self._load(alias)
+                if props is not None:
+                    self._known[alias] = props
+        return len(self.migrations)
+
     def migration_views(self) -> list[dict[str, Any]]:
         return [m.view() for m in self.migrations.values()]
 

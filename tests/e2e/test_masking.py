@@ -198,8 +198,8 @@ def test_elasticsearch_error_reasons_lose_their_values(require: Callable[[str], 
 
 def test_dlq_listing_shows_no_value_from_an_elasticsearch_refusal(
         tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> None:
-    """A real mapping conflict through the pipeline: the row's new value must not come back
-    through GET /api/dlq's reason (field, type and row id do)."""
+    """A real refusal by Elasticsearch through the pipeline: the row's new value must not come
+    back through GET /api/dlq's reason (field, type and row id do)."""
     for svc in ("kafka", "connect"):
         require(svc)
     value = "v-" + uuid.uuid4().hex
@@ -210,6 +210,13 @@ def test_dlq_listing_shows_no_value_from_an_elasticsearch_refusal(
         p.apply()
         p.start_worker()
         p.wait("rows indexed", lambda: set(p.docs("orders")) == {"1", "2"}, timeout=180)
+        # A type change is migrated now (issue 17 item 1). Elasticsearch still refuses the
+        # document of an event whose schema is older than the index's (a late event of another
+        # partition after a rebuild): the index is stamped as built for a newer schema, so
+        # the restarted worker takes the TEXT schema for an older one and writes it as it is.
+        p.kill_worker()
+        p.es("PUT", f"/{p.alias('orders')}/_mapping", {"_meta": {"cdcstream": {"schema_version": 2**62}}})
+        p.start_worker()
         p.sql("ALTER TABLE orders ALTER COLUMN qty TYPE TEXT")
         p.sql("UPDATE orders SET qty = %s WHERE id = 2", (value,))
         api = WorkerApi(p.web_port)

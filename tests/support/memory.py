@@ -36,6 +36,9 @@ class MemoryMirror:
                 r.deleted += 1
         return r
 
+    async def resume(self, aliases: Any) -> int:
+        return 0
+
     def stop(self) -> None:
         pass
 
