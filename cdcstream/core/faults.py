@@ -8,7 +8,9 @@ recorded, its object not yet stored), ``after_archive_put`` (object stored, its 
 yet acked), ``after_archive_release`` (a timer's objects stored and their events acked, the
 offsets not yet committed), ``after_bulk``
 (Elasticsearch written, row state not yet), ``after_batch`` (everything written, offsets
-not yet committed), ``mid_embedding`` (vectors fetched, nothing indexed).
+not yet committed), ``mid_embedding`` (vectors fetched, nothing indexed), ``mid_migration``
+(a page of an index rebuild's copy written, the alias not yet swapped), ``after_migration_swap``
+(the alias swapped, the old generation not yet deleted).
 Unset in production; reading one environment variable per batch costs nothing.
 """
 

@@ -577,6 +577,14 @@ def test_elasticsearch_mapping_conflict(tmp_path: Path, require: Callable[[str],
         p.sql("UPDATE orders SET qty = 'two dozen' WHERE id = 1")
         p.wait("the next change indexed", lambda: p.docs("orders")["1"].get("qty") == "two dozen",
                retry_on=(*CONNECTION_ERRORS, KeyError))
+        # The fix for values the rebuild could not convert, as printed: re-read the table.
+        out = run(doc_command(entry, "Fix", "cdcstream connectors snapshot NAME TABLE"), p.env, tmp_path,
+                  NAME=p.connector, TABLE="public.orders")
+        assert "snapshot signal" in out, out
+        p.wait("the re-read rows indexed", lambda: int(p.api("/api/tables")["tables"][0]["stats"]
+                                                       .get("snapshot_rows_incremental", 0)) >= 2,
+               retry_on=(*CONNECTION_ERRORS, KeyError, IndexError))
+        assert {k: d.get("qty") for k, d in p.docs("orders").items()} == {"1": "two dozen", "2": "a dozen"}
 
 
 # --- Embedding 429s -----------------------------------------------------------------------------
