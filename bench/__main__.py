@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench import chunking as chunking_bench
-from bench import embedding_cost, latency, migration, recovery, search_relevance, throughput
+from bench import embedding_cost, latency, migration, pgbench, recovery, search_relevance, throughput
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,6 +51,7 @@ SCENARIOS: dict[str, Scenario] = {
     "snapshot-recovery": recovery.SnapshotRecovery(),
     "search-relevance": search_relevance.SearchRelevance(),
     "migration": migration.Migration(),
+    "pgbench": pgbench.PgBench(),
 }
 
 

@@ -515,6 +515,16 @@ def worker_env(app_id: str, config: Path, partitions: int, **settings: str) -> d
     return env
 
 
+def production_worker_env(env: dict[str, str]) -> dict[str, str]:
+    """The e2e harness's worker env (``tests/e2e/harness.py``) with the production defaults back
+    (not its faster batch wait or tiny archive objects and chunks), plus ``BENCH_CDCSTREAM_*``
+    overrides; changed in place and returned."""
+    for k in ("CDCSTREAM_BATCH_WAIT_S", "CDCSTREAM_ARCHIVE_MAX_RECORDS", "CDCSTREAM_CHUNK_TOKENS"):
+        env.pop(k, None)
+    env.update({k.removeprefix("BENCH_"): v for k, v in os.environ.items() if k.startswith("BENCH_CDCSTREAM_")})
+    return env
+
+
 def profile_worker(pid: int, seconds: float, out: Path) -> str | None:
     """A py-spy sampling profile (raw collapsed stacks) of ``pid`` and its children, or None."""
     exe = Path(sys.executable).parent / "py-spy"
@@ -587,3 +597,12 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_plot(plt: Any, fig: Any, path: Path, title: str, dpi: int = 100) -> list[Path]:
+    """Title, lay out, write and close ``fig``; the scenario's ``plot`` returns the list."""
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return [path]

@@ -90,10 +90,7 @@ def _one_run(st: dict[str, Any], rate: int, n: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-") as d, pipeline(Path(d), st["postgres"], st["elasticsearch"],
                                                                       st["embeddings"], tables) as p:
         app_id = p.env["CDCSTREAM_APP_ID"]
-        # Production defaults, not the e2e harness's faster batch wait / tiny archive objects.
-        for k in ("CDCSTREAM_BATCH_WAIT_S", "CDCSTREAM_ARCHIVE_MAX_RECORDS", "CDCSTREAM_CHUNK_TOKENS"):
-            p.env.pop(k, None)
-        p.env.update({k.removeprefix("BENCH_"): v for k, v in os.environ.items() if k.startswith("BENCH_CDCSTREAM_")})
+        common.production_worker_env(p.env)
         try:
             p.apply()
             p.start_worker()
@@ -206,9 +203,5 @@ def _plot(r: dict[str, Any]) -> list[Path]:
     a2.set_xlabel("commit → searchable (s)")
     a2.set_ylabel("share of rows")
     a2.legend(fontsize=8)
-    fig.suptitle(f"latency at {r['rate_target_per_s']}/s, {r['changes']} inserts: run {r.get('series_run', 1)} "
-                 f"of {r['runs']} (median p99)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return common.save_plot(plt, fig, path, f"latency at {r['rate_target_per_s']}/s, {r['changes']} inserts: "
+                            f"run {r.get('series_run', 1)} of {r['runs']} (median p99)", dpi=110)

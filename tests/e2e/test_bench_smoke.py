@@ -158,3 +158,19 @@ def test_migration_smoke(require: Callable[[str], dict[str, Any]]) -> None:
     assert r["generations_after"] == [r["generations_after"][0]] and r["generations_after"][0].endswith("-000002")
     assert r["qty_type_after"] == "text" and r["dropped_values"] == r["refused"] == 0
     assert r["search_failure_count"] == 0 and r["rebuild_docs_per_s"] > 0
+
+
+def test_pgbench_smoke(require: Callable[[str], dict[str, Any]]) -> None:
+    from bench import pgbench
+
+    for svc in ("postgres", "kafka", "connect", "elasticsearch"):
+        require(svc)
+    r = pgbench.PgBench.run("smoke")
+    assert r["tps"] > 0 and r["transactions"] > 0 and r["failed_transactions"] == 0
+    # Debezium captured exactly the three keyed changes of every transaction (history is not captured).
+    assert r["captured_changes"] == r["source_changes"] == 3 * r["transactions"]
+    # Caught up: the worker committed everything, and verify --full found all three tables clean.
+    assert r["series"][-1]["lag"] == 0
+    last = r["verify_rounds"][-1]
+    assert last["ok"] and set(last["tables"]) == set(pgbench.TABLES)
+    assert last["tables"]["pgbench_accounts"]["mirror_rows"] == pgbench.SMOKE_ACCOUNTS
