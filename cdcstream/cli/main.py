@@ -614,6 +614,7 @@ def demo(no_worker: bool) -> None:
 from cdcstream.cli import api as cli_api; cli_api.register(main)  # noqa: E402, E702, I001 - API commands (cli/api.py)
 from cdcstream.cli import credentials as cli_credentials; cli_credentials.register(main)  # noqa: E402, E702, I001 - credentials commands (cli/credentials.py)
 from cdcstream.cli import restore as cli_restore; cli_restore.register(main)  # noqa: E402, E702, I001 - restore and history (cli/restore.py)
+from cdcstream.cli import embeddings as cli_embeddings; cli_embeddings.register(main)  # noqa: E402, E702, I001 - embeddings plan (cli/embeddings.py)
 
 if __name__ == "__main__":
     main()

@@ -321,7 +321,8 @@ class BatchProcessor:
         return {"dynamic": False, "properties": {
             "parent_id": {"type": "keyword"}, "column": {"type": "keyword"}, "n": {"type": "integer"},
             "text": {"type": "text"}, "hash": {"type": "keyword"}, "tokens": {"type": "integer"},
-            "embedding": vec, "row": {"properties": row_props}, **QUEUE_FIELDS,
+            "embedding": vec, "model": {"type": "keyword"}, "dimensions": {"type": "integer"},
+            "row": {"properties": row_props}, **QUEUE_FIELDS,
             META: {"properties": {"version": {"type": "long"}, "table": {"type": "keyword"}}},
         }}
 
@@ -376,8 +377,10 @@ class BatchProcessor:
                     out.count(ev, "chunks_reused")
             row_fields = {k: jsonable(v) for k, v in ev.after.items() if k not in route.table.text_columns}
             for c in chunks:
+                # model and dimensions: what produced (or, queued, will produce) the vector, so
+                # a model change knows which chunks to re-embed (pipeline/reembed.py).
                 doc = {"parent_id": ev.doc_id, "column": c.column, "n": c.n, "text": c.text, "hash": c.hash,
-                       "tokens": c.tokens, "row": row_fields,
+                       "tokens": c.tokens, "row": row_fields, "model": model, "dimensions": dims,
                        META: {"version": ev.position.version, "table": str(ev.table)}}
                 version = ev.position.version
                 ck = cache_key(model, dims, c.hash)

