@@ -256,6 +256,9 @@ class EsMirror:
         self._start(Migration(alias, source, target, mapping["properties"], changed, version))
 
     def _start(self, mig: Migration) -> None:
+        running = self.migrations.get(mig.alias)
+        if running is not None and running.target == mig.target:
+            return  # found twice (the start-up resume and the table's first batch): one fill
         self.migrations[mig.alias] = mig
         self._schema_version[mig.alias] = mig.schema_version
         self._migrated[mig.alias] = mig.top_fields
@@ -275,7 +278,8 @@ class EsMirror:
                     await self._swap_in(mig)
                 await self._finish(mig.target, mig.schema_version, mig.changed)
                 await self._retrying(lambda: self.es.indices.delete(index=mig.source, ignore_unavailable=True))
-                del self.migrations[mig.alias]
+                if self.migrations.get(mig.alias) is mig:
+                    del self.migrations[mig.alias]
                 log.warning("%s: migrated to %s (%d documents, %.0f/s)", mig.alias, mig.target, mig.copied,
                             mig.view()["docs_per_s"])
                 return

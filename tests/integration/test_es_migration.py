@@ -115,10 +115,13 @@ async def test_a_kill_mid_fill_resumes_in_the_next_process(es: tuple[AsyncElasti
     assert r.indexed == 1
     assert list((await client.indices.get_alias(name=alias)).body) == [f"{alias}-000001"]
 
-    second = EsMirror(client)  # the restarted worker: its first write to the table finds the half-built one
-    await second.ensure_index(alias, row_mapping(V2), version=10_000)
+    # The restarted worker finds the half-built one twice at once: at start and in its first batch.
+    second = EsMirror(client)
+    await asyncio.gather(second.resume([alias]), second.ensure_index(alias, row_mapping(V2), version=10_000))
     assert second.migrations[alias].resumed
     await _migrated(second, alias)
+    await asyncio.sleep(0.5)
+    assert not second._tasks  # one fill, finished (a second one once retried its cleanup forever)
     docs = await _source(client, alias)
     assert len(docs) == ROWS and docs["7"]["qty"] == "seven" and docs["8"]["qty"] == "8"
     assert list((await client.indices.get_alias(name=alias)).body) == [f"{alias}-000002"]
