@@ -173,6 +173,17 @@ class EsMirror:
                 # Not foreseen by incompatible_fields: Elasticsearch has the last word.
                 log.warning("%s: mapping refused (%s); rebuilding the index", alias, _error_type(e))
                 changed = sorted(differing)
+        vectors = [f for f in changed if (known.get(f) or {}).get("type") == "dense_vector"]
+        if vectors:
+            # Copying would carry vectors of the old model into a field sized for the new one
+            # (Elasticsearch refuses every document) while searches embed queries with the new
+            # one. Not the events' fault: the table waits, visibly, for the settings to go back
+            # or for a re-embed (docs/profiles.md, "Changing the embedding model").
+            was, now = (known[vectors[0]].get("dims"), props[vectors[0]].get("dims"))
+            raise SinkUnavailable("elasticsearch", "embedding model changed",
+                                  f"{alias}: {vectors[0]} has {was} dimensions, the settings give {now}: "
+                                  f"restore CDCSTREAM_EMBED_MODEL/CDCSTREAM_EMBED_DIMENSIONS, or re-embed "
+                                  f"(cdcstream embeddings plan); vectors are never copied across models")
         if changed:
             if alias in self.migrations:
                 # A second incompatible change while the first is copied: wait for the swap.

@@ -126,3 +126,27 @@ async def test_a_kill_mid_fill_resumes_in_the_next_process(es: tuple[AsyncElasti
     assert len(docs) == ROWS and docs["7"]["qty"] == "seven" and docs["8"]["qty"] == "8"
     assert list((await client.indices.get_alias(name=alias)).body) == [f"{alias}-000002"]
     assert not await client.indices.exists(index=f"{alias}-000001")
+
+
+async def test_regression_a_vector_size_change_waits_instead_of_copying_old_vectors(
+        es: tuple[AsyncElasticsearch, str]) -> None:
+    """Bug: a worker restarted with other CDCSTREAM_EMBED_DIMENSIONS started a copy migration of
+    the chunks index whose fill Elasticsearch refused (old vectors, new dims) while queries were
+    embedded with the new size. Now the table waits with the reason, and nothing is rebuilt."""
+    from cdcstream.sinks.base import SinkUnavailable
+
+    client, alias = es
+
+    def chunks(dims: int) -> dict[str, Any]:
+        return {"dynamic": False, "properties": {"text": {"type": "text"}, "embedding": {
+            "type": "dense_vector", "dims": dims, "index": True, "similarity": "cosine"}}}
+
+    m = EsMirror(client)
+    await m.ensure_index(alias, chunks(4))
+    await m.apply([IndexOp("index", alias, "1", 10, {"text": "a", "embedding": [0.5, 0.5, 0.5, 0.5]})])
+    before = set((await client.indices.get_alias(name=alias)).body)
+    with pytest.raises(SinkUnavailable) as e:
+        await EsMirror(client).ensure_index(alias, chunks(8))  # a new process, as after the restart
+    assert e.value.reason == "embedding model changed" and "4 dimensions, the settings give 8" in str(e.value)
+    assert set((await client.indices.get_alias(name=alias)).body) == before  # no new generation
+    assert not m.migrations
