@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from cdcstream.cli import common
+
 
 @click.group()
 def embeddings() -> None:
@@ -24,11 +26,9 @@ def embeddings() -> None:
 def embeddings_plan(table: str, connector: str | None, as_json: bool, config_path: str | None) -> None:
     """The chunks of TABLE not embedded with CDCSTREAM_EMBED_MODEL at CDCSTREAM_EMBED_DIMENSIONS:
     their tiktoken count, the requests and the price of re-embedding them. Sends nothing."""
-    from cdcstream.cli.main import _config, _settings
-
-    s = _settings()
+    s = common.settings()
     try:
-        out = asyncio.run(_plan(s, _config(config_path), table, connector))
+        out = asyncio.run(_plan(s, common.config(config_path), table, connector))
     except Exception as e:  # noqa: BLE001 - unreachable node, unknown table: say which, exit 2
         click.echo(f"embeddings plan: {type(e).__name__}: {e}", err=True)
         sys.exit(2)

@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 import click
 
+from cdcstream.cli import common
 from cdcstream.stack.base import StackError
 
 
@@ -78,21 +79,8 @@ def stack_status(as_json: bool, only: tuple[str, ...]) -> None:
 
 
 # --- shared -------------------------------------------------------------------------
-def _settings(**overrides: Any) -> Any:
-    from cdcstream.core.settings import Settings
-
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
-
-
-def _config(path: str | None) -> Any:
-    from cdcstream.core.config import ConfigError, load_config
-
-    s = _settings()
-    try:
-        return load_config(path or s.config)
-    except ConfigError as e:
-        click.echo(str(e), err=True)
-        sys.exit(2)
+_settings = common.settings
+_config = common.config
 
 
 def _client() -> Any:

@@ -10,16 +10,12 @@ from typing import Any, NoReturn
 
 import click
 
+from cdcstream.cli import common
+
 
 def _fail(msg: str, code: int = 1) -> NoReturn:
     click.echo(f"error: {msg}", err=True)
     sys.exit(code)
-
-
-def _settings() -> Any:
-    from cdcstream.core.settings import Settings
-
-    return Settings()
 
 
 def _store(s: Any) -> Any:
@@ -45,7 +41,7 @@ def _connector(store: Any, table: str, connector: str | None, config_path: str |
     if connector:
         return connector
     try:
-        cfg = load_config(config_path or _settings().config)
+        cfg = load_config(config_path or common.settings().config)
         hits = sorted({c.name for c, t in cfg.tables() if t.name == table})
     except (ConfigError, OSError):
         hits = []
@@ -114,7 +110,7 @@ def register(main: click.Group) -> None:
         if len(target) != arity:
             spelled = {"index": "NAME", "jsonl": "PATH", "postgres": "DSN-REF TABLE"}[to_kind]
             _fail(f"--to {to_kind} takes {spelled} (got {' '.join(target) or 'nothing'})", 2)
-        s = _settings()
+        s = common.settings()
         try:
             cut = r.parse_cut(as_of)
         except r.RestoreError as e:
@@ -171,7 +167,7 @@ def register(main: click.Group) -> None:
             k = r.parse_key(key)
         except r.RestoreError as e:
             _fail(str(e), 2)
-        s = _settings()
+        s = common.settings()
         store = _store(s)
         conn = _connector(store, table, connector, config_path)
         try:
