@@ -55,8 +55,10 @@ def field_mapping(schema: dict[str, Any], text: bool = False) -> dict[str, Any]:
         return {"type": "long"}
     if typ in ("int8", "int16", "int32", "int64"):
         return {"type": "long"}
-    if typ in ("float32", "float64"):
-        return {"type": "double"}
+    if typ in ("float", "double", "float32", "float64"):
+        # Connect's JSON schema names them float/double. NaN and +-Infinity arrive as texts
+        # (JSON has no such numbers): ignore_malformed keeps them in _source, unindexed.
+        return {"type": "double", "ignore_malformed": True}
     if typ == "boolean":
         return {"type": "boolean"}
     if typ == "bytes":

@@ -58,6 +58,8 @@ class Unconvertible(ValueError):
 
 
 _TRUE = {"t", "true", "y", "yes", "on", "1"}
+#: How the worker writes a float's NaN and infinities (JSON has no such numbers).
+NON_FINITE = ("NaN", "Infinity", "-Infinity")
 _FALSE = {"f", "false", "n", "no", "off", "0"}
 
 
@@ -131,6 +133,8 @@ def convert_value(v: Any, mapping: dict[str, Any]) -> Any:
     if typ in ("long", "integer", "short", "byte", "unsigned_long"):
         return _as_integer(v)
     if typ in ("double", "float", "half_float"):
+        if mapping.get("ignore_malformed") and v in NON_FINITE:
+            return v  # as the worker writes it: kept in _source, not indexed
         return _as_double(v)
     if typ == "boolean":
         return _as_boolean(v)

@@ -150,3 +150,29 @@ async def test_regression_a_vector_size_change_waits_instead_of_copying_old_vect
     assert e.value.reason == "embedding model changed" and "4 dimensions, the settings give 8" in str(e.value)
     assert set((await client.indices.get_alias(name=alias)).body) == before  # no new generation
     assert not m.migrations
+
+
+async def test_float_columns_kept_unindexed_by_older_versions_become_searchable(
+        es: tuple[AsyncElasticsearch, str]) -> None:
+    """Older versions mapped Connect's float/double (they matched only float32/float64, names the
+    JSON schema never uses) as an unindexed object: a range on a real/double column found nothing.
+    Such an index is rebuilt at the table's next change; NaN and infinities stay as their text."""
+    client, alias = es
+    values = {"1": 1.5, "2": 12.25, "3": "NaN", "4": "-Infinity", "5": None}
+    old = {"dynamic": False, "properties": {"id": {"type": "long"}, "f": {"type": "object", "enabled": False}}}
+    m = EsMirror(client)
+    await m.ensure_index(alias, old)
+    await m.apply([IndexOp("index", alias, k, 10, {"id": int(k), "f": v}) for k, v in values.items()])
+    m2 = EsMirror(client)  # the next process, with the new mapping
+    await m2.ensure_index(alias, row_mapping({"fields": [{"field": "id", "type": "int32"},
+                                                          {"field": "f", "type": "double", "optional": True}]}))
+    await _migrated(m2, alias)
+    assert (await client.indices.get_mapping(index=alias)).body.popitem()[1]["mappings"]["properties"]["f"] == \
+        {"type": "double", "ignore_malformed": True}
+    assert {k: d["f"] for k, d in (await _source(client, alias)).items()} == values  # nothing dropped
+    await client.indices.refresh(index=alias)
+    hits = (await client.search(index=alias, query={"range": {"f": {"gte": 10}}}))["hits"]["hits"]
+    assert [h["_id"] for h in hits] == ["2"]
+    # A live write of a non-finite value is taken as before.
+    res = await m2.apply([IndexOp("index", alias, "6", 11, {"id": 6, "f": "Infinity"})])
+    assert res.indexed == 1
