@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,7 +15,7 @@ from elasticsearch import AsyncElasticsearch
 from cdcstream.sinks.base import IndexOp
 from cdcstream.sinks.documents import row_mapping
 from cdcstream.sinks.elasticsearch import EsMirror
-from tests.support.es import drop_generations
+from tests.support.es import scratch_alias
 
 pytestmark = pytest.mark.integration
 
@@ -27,13 +26,8 @@ ROWS = 1500
 
 @pytest.fixture
 async def es(require: Callable[[str], dict[str, Any]]) -> AsyncIterator[tuple[AsyncElasticsearch, str]]:
-    client = AsyncElasticsearch(require("elasticsearch")["url"])
-    alias = f"test-migrate-{uuid.uuid4().hex[:8]}"
-    try:
-        yield client, alias
-    finally:
-        await drop_generations(client, alias)
-        await client.close()
+    async with scratch_alias(require("elasticsearch")["url"], "test-migrate") as pair:
+        yield pair
 
 
 async def _filled(es: AsyncElasticsearch, alias: str) -> EsMirror:
