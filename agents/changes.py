@@ -13,6 +13,7 @@ retried with capped backoff, whole, until it goes through, and ``/status`` names
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import time
@@ -25,7 +26,7 @@ from cdcstream.core.events import ChangeEvent, KafkaOrigin
 from cdcstream.core.faults import crash_point
 from cdcstream.core.masking import mask_text
 from cdcstream.pipeline.decode import DecodeError, decode
-from cdcstream.runtime.checkpoint import backoff_after, sleep_or_wake
+from cdcstream.runtime.checkpoint import BatchRevoked, backoff_after, sleep_or_wake
 
 if TYPE_CHECKING:
     from cdcstream.pipeline.processor import Outcome
@@ -113,14 +114,29 @@ def _table_of(pipe: Pipeline, event: Any) -> str:
 async def handle_batch(pipe: Pipeline, stream: Any, batch: list[Any]) -> None:
     """Process ``batch`` until it goes through; ack only what is durable."""
     checkpoint = pipe.checkpoint
+    # Fetched before a rebalance, delivered after it (take_events had them already): the
+    # partition was revoked meanwhile and its owner re-reads them. Never admitted.
+    generation = stream.app.consumer_generation_id
+    batch = [e for e in batch if e.message.generation_id == generation]
     checkpoint.admit(batch)
     skipped: dict[int, str] = {}
     attempts = 0
     pipe.load_cut_plans({(e.message.topic, e.message.partition) for e in batch})
     while True:
+        batch, skipped = _still_owned(pipe, stream, batch, skipped)
+        if not batch:
+            _dropped_revoked(pipe)
+            return
         pipe.buffer.begin()
         try:
-            out, dlq = await _attempt(pipe, batch, skipped)
+            out, dlq = await checkpoint.guard(_attempt(pipe, batch, skipped))
+            if len(_still_owned(pipe, stream, batch, skipped)[0]) < len(batch):
+                # Revoked while the attempt finished: nothing of it is applied (row state, stats,
+                # acks); the events still owned are attempted again (writes are idempotent).
+                raise BatchRevoked
+        except BatchRevoked:
+            pipe.buffer.rollback()
+            continue
         except Exception as e:  # noqa: BLE001 - never the event's fault (checkpoint.classify): wait, retry
             pipe.buffer.rollback()
             attempts += 1
@@ -140,7 +156,8 @@ async def handle_batch(pipe: Pipeline, stream: Any, batch: list[Any]) -> None:
             if "credentials" in b.reason or b.sink == "secrets":
                 # Resolve the secrets again before the retry: the fix may be a new password.
                 await pipe.reset_clients()
-            await sleep_or_wake(delay, pipe.skip_wake)
+            with contextlib.suppress(BatchRevoked):  # the loop's head drops the revoked events
+                await checkpoint.guard(sleep_or_wake(delay, pipe.skip_wake))
             _take_skips(pipe, batch, skipped, b.error, culprit)
             continue
         pipe.buffer.commit()
@@ -167,6 +184,24 @@ async def handle_batch(pipe: Pipeline, stream: Any, batch: list[Any]) -> None:
                              | {(o.topic, o.partition) for o in out.flushed})
     pipe.batches += 1
     crash_point("after_batch")
+
+
+def _still_owned(pipe: Pipeline, stream: Any, batch: list[Any],
+                 skipped: dict[int, str]) -> tuple[list[Any], dict[int, str]]:
+    """The events of ``batch`` whose partitions were not revoked since admission, and the
+    operator's skips renumbered for them."""
+    generation = stream.app.consumer_generation_id
+    keep = [i for i, e in enumerate(batch) if pipe.checkpoint.live(e) and e.message.generation_id == generation]
+    if len(keep) == len(batch):
+        return batch, skipped
+    at = {old: new for new, old in enumerate(keep)}
+    return [batch[i] for i in keep], {at[i]: r for i, r in skipped.items() if i in at}
+
+
+def _dropped_revoked(pipe: Pipeline) -> None:
+    was = pipe.checkpoint.unblock()
+    log.warning("batch dropped: its partitions were revoked by a rebalance; their owner re-reads them from the "
+                "committed offset%s", f" (it was blocked: {was.sink}: {was.reason})" if was else "")
 
 
 async def _attempt(pipe: Pipeline, batch: list[Any], skipped: dict[int, str]) -> tuple[Outcome, list[tuple[int, str]]]:

@@ -25,6 +25,16 @@ Errors fall in two classes, decided by :func:`classify`:
   capped backoff until it goes through, and the cause shows on ``/status``, on ``/metrics``
   (``cdcstream_sink_blocked{sink,reason}``) and in the log. An operator who decides the
   blocking event is at fault after all moves it to the DLQ with ``cdcstream dlq skip``.
+
+A rebalance revokes partitions (with aiokafka's eager protocol: every partition, at every
+rebalance) while a batch may be in flight, blocked or not. Faust neither waits for it
+(``stream_wait_empty=False``) nor stops it, and its new owner re-reads its events from the
+committed offset. So :meth:`Checkpoint.revoke` forgets the revoked events and cancels the
+batch's attempt (run through :meth:`Checkpoint.guard`), which then raises
+:class:`BatchRevoked`; the agent keeps only the events still held (:meth:`Checkpoint.live`)
+and writes nothing for the others — no document, no row state, no ack. A batch that had
+gone on would have written, once its sink was back, row states older than the ones the new
+owner wrote meanwhile, and a restarted worker would have recovered those.
 """
 
 from __future__ import annotations
@@ -33,9 +43,9 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from cdcstream.core.secrets import SecretError
 from cdcstream.sinks.base import SinkUnavailable
@@ -43,6 +53,12 @@ from cdcstream.sinks.base import SinkUnavailable
 #: Backoff between retries of a blocked batch: doubles from the first to the cap.
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
+
+T = TypeVar("T")
+
+
+class BatchRevoked(Exception):
+    """Partitions of the batch in flight were revoked: its attempt (or its wait) was stopped."""
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
@@ -127,6 +143,9 @@ class Checkpoint:
         self._by_id: dict[int, _Held] = {}
         self.blocked: Blocked | None = None
         self.blocked_total = 0  # batches that were ever blocked (a counter)
+        self._guarded: asyncio.Future[Any] | None = None
+        self._stopped_by_revoke: asyncio.Future[Any] | None = None
+        self.revoked_batches = 0  # batches (or parts of them) dropped because a rebalance revoked them
 
     # --- the life of a batch -------------------------------------------------------------
     def admit(self, batch: list[Any]) -> None:
@@ -167,10 +186,40 @@ class Checkpoint:
         return n
 
     def revoke(self, tps: Iterable[tuple[str, int]]) -> None:
-        """Forget revoked partitions: their events are never acked here; the new owner replays them."""
+        """Forget revoked partitions: their events are never acked here; the new owner replays them.
+
+        Events not yet settled belong to the batch in flight: its guarded attempt is cancelled
+        (a blocked sink retries inside it for as long as the sink is down)."""
+        lost = False
         for tp in tps:
             for h in self._queues.pop(tp, ()):
-                self._by_id.pop(id(h.event), None)
+                lost |= self._by_id.pop(id(h.event), None) is not None
+        if lost:
+            self.revoked_batches += 1
+            task = self._guarded
+            if task is not None and not task.done():
+                self._stopped_by_revoke = task
+                task.cancel()
+
+    def live(self, event: Any) -> bool:
+        """``event`` is admitted and its partition was not revoked since."""
+        return id(event) in self._by_id
+
+    async def guard(self, aw: Awaitable[T]) -> T:
+        """Await ``aw`` (a batch's attempt, or its wait before a retry) as a task that a revocation
+        of the batch's partitions cancels: raises :class:`BatchRevoked` then. A cancellation of
+        the caller itself (a stopping worker) cancels ``aw`` too and propagates as usual."""
+        task = asyncio.ensure_future(aw)
+        self._guarded = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if self._stopped_by_revoke is task and task.cancelled() and not (me and me.cancelling()):
+                raise BatchRevoked from None
+            raise
+        finally:
+            self._guarded = self._stopped_by_revoke = None
 
     def held(self) -> dict[tuple[str, int], int]:
         """Events admitted and not yet released, per partition."""

@@ -144,3 +144,27 @@ def test_regression_stats_increments_not_lost_while_the_table_lags() -> None:
     # The partition came back from another worker that counted on: the table is ahead.
     lagging["t|0"] = {"index_ops": 80, "dlq": 1}
     assert Pipeline.stat(pipe, "t|0") == {"index_ops": 80, "dlq": 1}  # type: ignore[arg-type]
+
+
+def test_revocation_waits_for_unacked_events_only_with_stream_wait_empty() -> None:
+    """A batch blocked by a sink holds its events unacked: with ``stream_wait_empty`` (on by
+    default) Faust's revocation would wait for them and stall the group's rebalance. The app
+    turns it off; agents/changes.py stops the batch itself (checkpoint.revoke/guard)."""
+    from faust.app.base import App
+
+    src = inspect.getsource(App._consumer_wait_empty)
+    assert "if self.conf.stream_wait_empty:" in src and "await consumer.wait_empty()" in src
+    assert "_consumer_wait_empty" in inspect.getsource(App._on_partitions_revoked)
+    app_src = inspect.getsource(__import__("cdcstream.runtime.app", fromlist=["create_app"]).create_app)
+    assert "stream_wait_empty=False" in app_src
+
+
+def test_messages_carry_the_consumer_generation_they_were_fetched_in() -> None:
+    # agents/changes.py drops events fetched before a rebalance (message.generation_id older
+    # than app.consumer_generation_id, which the driver sets on each assignment).
+    from faust.transport.drivers import aiokafka as driver
+
+    assert "generation_id=self.app.consumer_generation_id" in inspect.getsource(driver)
+    assert "app.consumer_generation_id = generation" in inspect.getsource(
+        driver.ConsumerRebalanceListener.on_partitions_assigned)
+    assert "generation_id" in inspect.signature(Message).parameters
