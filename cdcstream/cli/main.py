@@ -559,7 +559,6 @@ def settings_cmd(markdown: bool) -> None:
 def demo(no_worker: bool) -> None:
     """The main job on a local machine: seed the demo database, apply its connector, run the worker."""
     import os
-    from pathlib import Path
 
     from cdcstream.ops import demo as d
     from cdcstream.stack.manager import Stack
@@ -573,7 +572,7 @@ def demo(no_worker: bool) -> None:
     obj = states["objectstore"].info
     env = {
         "DEMO_PG_PASSWORD": d.DEMO_PASSWORD,
-        "CDCSTREAM_CONFIG": str(Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"),
+        "CDCSTREAM_CONFIG": str(d.CONFIG),
         "CDCSTREAM_ARCHIVE_URL": f"s3://{obj['bucket']}/demo?endpoint={obj['endpoint']}",
         "CDCSTREAM_ARCHIVE_ACCESS_KEY": "env:DEMO_S3_ACCESS_KEY",
         "CDCSTREAM_ARCHIVE_SECRET_KEY": "env:DEMO_S3_SECRET_KEY",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 DEMO_ROLE = "cdc_demo"
 DEMO_PASSWORD = "demo-password"  # local dev database on loopback; the config reads it from env:DEMO_PG_PASSWORD
 DEMO_DB = "demo"
+#: The demo's config, shipped beside this module (package data).
+CONFIG = Path(__file__).with_name("demo.yaml")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS public.articles (
