@@ -1,16 +1,29 @@
 """``cdcstream embeddings plan TABLE``: what re-embedding a table with the configured model costs
-(cdcstream/pipeline/reembed.py), before anything is sent."""
+(cdcstream/pipeline/reembed.py), before anything is sent; ``cdcstream embeddings reembed TABLE``
+asks the running worker to start it (``POST /api/tables/{table}/reembed``)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from cdcstream.cli import common
+
+
+def _table_options(command: Callable[..., None]) -> Callable[..., None]:
+    """TABLE, --connector, --json, --config: how both commands name a table and answer."""
+    for option in reversed([
+            click.argument("table"),
+            click.option("--connector", default=None, help="The connector, when several capture a table of this name."),
+            click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+            click.option("--config", "config_path", default=None, help="Config file (default cdcstream.yaml).")]):
+        command = option(command)
+    return command
 
 
 @click.group()
@@ -19,10 +32,7 @@ def embeddings() -> None:
 
 
 @embeddings.command("plan")
-@click.argument("table")
-@click.option("--connector", default=None, help="The connector, when several capture a table of this name.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--config", "config_path", default=None, help="Config file (default cdcstream.yaml).")
+@_table_options
 def embeddings_plan(table: str, connector: str | None, as_json: bool, config_path: str | None) -> None:
     """The chunks of TABLE not embedded with CDCSTREAM_EMBED_MODEL at CDCSTREAM_EMBED_DIMENSIONS:
     their tiktoken count, the requests and the price of re-embedding them. Sends nothing."""
@@ -68,6 +78,36 @@ async def _plan(s: Any, cfg: Any, table: str, connector: str | None) -> Any:
         return await plan(es, route.chunks_alias, embedder, get_encoding(s.chunk_encoding))
     finally:
         await es.close()
+
+
+@embeddings.command("reembed")
+@_table_options
+def embeddings_reembed(table: str, connector: str | None, as_json: bool, config_path: str | None) -> None:
+    """Start re-embedding TABLE's chunks on the running worker with its configured model and
+    dimensions (the worker's CDCSTREAM_EMBED_MODEL / CDCSTREAM_EMBED_DIMENSIONS). Searches answer
+    from the current chunks until the new ones are complete; progress on /status. Needs the
+    admin token (CDCSTREAM_API_TOKEN)."""
+    from urllib.parse import quote
+
+    from cdcstream.cli.api import _client, _fail
+    from cdcstream.ops.verify import find_route
+
+    try:
+        route = find_route(common.config(config_path), table, connector)
+    except Exception as e:  # noqa: BLE001 - unknown table: say which, exit 2
+        click.echo(f"embeddings reembed: {e}", err=True)
+        sys.exit(2)
+    t = route.table_id
+    ident = f"{t.connector}.{t.schema}.{t.table}"  # the API's table id
+    status, data = _client(True).call("POST", f"/api/tables/{quote(ident, safe='')}/reembed")
+    if status != 200:
+        _fail(status, data)
+    if as_json:
+        click.echo(json.dumps(data))
+        return
+    click.echo(f"{data['table']}: re-embedding {data['from']} -> {data['to']} with {data['model']}/"
+               f"{data['dimensions']} on worker {data['worker']}{' (resumed)' if data.get('resumed') else ''}; "
+               f"progress on /status")
 
 
 def register(main: click.Group) -> None:

@@ -9,6 +9,7 @@ Everything is async: nothing here blocks Faust's event loop.
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import logging
 import random
@@ -88,6 +89,16 @@ class Embedder:
         # Only text-embedding-3-* accept `dimensions`; other servers may reject it.
         self.send_dimensions = send_dimensions
         self.stats = EmbedStats()
+
+    def variant(self, model: str, dimensions: int | None) -> Embedder:
+        """This embedder (client, limits, concurrency and stats shared) for another model or
+        size: a chunks index still served by vectors of the previous settings
+        (``pipeline/reembed.py``). ``dimensions`` is sent when it is not the configured size:
+        the server's default is then the wrong one."""
+        other = copy.copy(self)
+        other.model, other.dimensions = model, dimensions
+        other.send_dimensions = self.send_dimensions or dimensions != self.dimensions
+        return other
 
     def batches(self, token_counts: Sequence[int]) -> list[list[int]]:
         """Index groups filling requests up to the input and token limits, in order."""

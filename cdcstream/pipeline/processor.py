@@ -14,6 +14,7 @@ unit tests with dict-backed state and in the worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -30,6 +31,7 @@ from cdcstream.pipeline.archive import ArchiveBuffer
 from cdcstream.pipeline.budget import BudgetLedger
 from cdcstream.pipeline.chunking import Chunk, Chunker
 from cdcstream.pipeline.embeddings import Embedder
+from cdcstream.pipeline.reembed import Vectors
 from cdcstream.sinks.base import ArchiveObject, ArchiveStore, IndexOp, Mirror, OnWait, SinkUnavailable
 from cdcstream.sinks.documents import META, field_mapping, jsonable, row_document, row_mapping
 from cdcstream.sinks.embed_queue import QUEUE_FIELDS, EmbedQueue, PendingChunk
@@ -79,7 +81,8 @@ class BatchProcessor:
                  truncated_at: Callable[[str], int] | None = None,
                  record_truncation: Callable[[str, int], Awaitable[None]] | None = None,
                  ledger: BudgetLedger | None = None, queue: EmbedQueue | None = None,
-                 record_spend: Callable[[], Awaitable[None]] | None = None) -> None:
+                 record_spend: Callable[[], Awaitable[None]] | None = None,
+                 vectors: Vectors | None = None) -> None:
         self.router = router
         self.es = es
         self.archive = archive
@@ -100,6 +103,9 @@ class BatchProcessor:
         self.ledger = ledger
         self.queue = queue
         self.record_spend = record_spend
+        # Per chunks alias: the model/size its writes use (the serving generation's until a
+        # re-embed runs); None: always the embedder's (tests, tools).
+        self.vectors = vectors
 
     # ------------------------------------------------------------------------------------
     async def process(self, events: list[ChangeEvent | None], profile_of: Callable[[ChangeEvent], ProcessingProfile],
@@ -216,36 +222,41 @@ class BatchProcessor:
                 ev_i = events[op.ref]
                 assert ev_i is not None and ev_i.after is not None
                 op.doc = row_document(ev_i, ev_i.after)
-        if full_rows:
-            index_ops += await self._chunk_and_embed(full_rows, out)
-        if index_ops:
-            if self.es is None:
-                raise SinkUnavailable("elasticsearch", "not configured",
-                                      "a table has an indexing profile: set elasticsearch_url")
-            for alias, mapping in mappings.items():
-                await self.es.ensure_index(alias, mapping, self.router.index_settings(alias), schema_at[alias])
-            for ev_i, route, _ in ((events[i], r, s) for i, _, r, s in full_rows):
-                assert ev_i is not None
-                await self.es.ensure_index(route.chunks_alias, self._chunk_mapping(ev_i, route), route.index_settings,
-                                           ev_i.position.version)
-            res = await self.es.apply(index_ops)
-            crash_point("after_bulk")
-            failed_events: set[int] = set()
-            for op, reason in res.failed:
-                if op.ref not in failed_events:
-                    failed_events.add(op.ref)
-                    out.dlq.append((op.ref, f"Elasticsearch refused {op.action} of {op.index}/{op.id}: {reason}"))
-            # A row whose document was refused keeps its old state: a fixed replay can apply it.
-            for rk, (_, i) in list(out.states.items()):
-                if i in failed_events:
-                    del out.states[rk]
-            for op in index_ops:
-                ev_i = events[op.ref]
-                assert ev_i is not None
-                out.count(ev_i, "index_ops")
-            if res.conflicts:
-                first = next(e for e in events if e is not None)
-                out.count(first, "version_conflicts", res.conflicts)
+        dims_of: dict[str, int | None] = {}  # chunks alias -> the vector size written to it
+        # Embedding and writing chunks pass the re-embed gate together (pipeline/reembed.py).
+        gate = self.vectors.gate.writing() if full_rows and self.vectors is not None else contextlib.nullcontext()
+        async with gate:
+            if full_rows:
+                index_ops += await self._chunk_and_embed(full_rows, out, dims_of)
+            if index_ops:
+                if self.es is None:
+                    raise SinkUnavailable("elasticsearch", "not configured",
+                                          "a table has an indexing profile: set elasticsearch_url")
+                for alias, mapping in mappings.items():
+                    await self.es.ensure_index(alias, mapping, self.router.index_settings(alias), schema_at[alias])
+                for ev_i, route, _ in ((events[i], r, s) for i, _, r, s in full_rows):
+                    assert ev_i is not None
+                    await self.es.ensure_index(route.chunks_alias,
+                                               self._chunk_mapping(ev_i, route, dims_of[route.chunks_alias]),
+                                               route.index_settings, ev_i.position.version)
+                res = await self.es.apply(index_ops)
+                crash_point("after_bulk")
+                failed_events: set[int] = set()
+                for op, reason in res.failed:
+                    if op.ref not in failed_events:
+                        failed_events.add(op.ref)
+                        out.dlq.append((op.ref, f"Elasticsearch refused {op.action} of {op.index}/{op.id}: {reason}"))
+                # A row whose document was refused keeps its old state: a fixed replay can apply it.
+                for rk, (_, i) in list(out.states.items()):
+                    if i in failed_events:
+                        del out.states[rk]
+                for op in index_ops:
+                    ev_i = events[op.ref]
+                    assert ev_i is not None
+                    out.count(ev_i, "index_ops")
+                if res.conflicts:
+                    first = next(e for e in events if e is not None)
+                    out.count(first, "version_conflicts", res.conflicts)
         if truncates:
             await self._truncate(truncates, out)
         return out
@@ -313,10 +324,10 @@ class BatchProcessor:
                         # with the placeholder; counted so operators can set REPLICA IDENTITY FULL.
                         out.count(ev, "toast_missing")
 
-    def _chunk_mapping(self, ev: ChangeEvent, route: Route) -> dict[str, Any]:
+    def _chunk_mapping(self, ev: ChangeEvent, route: Route, dims: int | None) -> dict[str, Any]:
         row_props = {f["field"]: field_mapping(f) for f in (ev.row_schema or {}).get("fields", ())
                      if f["field"] not in route.table.text_columns}
-        vec: dict[str, Any] = {"type": "dense_vector", "dims": self.embed_dims, "index": True,
+        vec: dict[str, Any] = {"type": "dense_vector", "dims": dims, "index": True,
                                "similarity": "cosine"}
         return {"dynamic": False, "properties": {
             "parent_id": {"type": "keyword"}, "column": {"type": "keyword"}, "n": {"type": "integer"},
@@ -327,14 +338,35 @@ class BatchProcessor:
         }}
 
     async def _chunk_and_embed(self, rows: list[tuple[int, ChangeEvent, Route, RowState | None]],
-                               out: Outcome) -> list[IndexOp]:
+                               out: Outcome, dims_of: dict[str, int | None]) -> list[IndexOp]:
+        """Chunks and vectors of ``rows``, each chunks alias embedded with the model and size
+        its writes use now (``dims_of`` gets them)."""
         if self.chunker is None or self.embedder is None:
             raise SinkUnavailable("embeddings", "not configured", "a table has profile full: set embed_url")
-        assert self.es is not None
+        groups: dict[int, tuple[Embedder, int | None, list[tuple[int, ChangeEvent, Route, RowState | None]]]] = {}
+        group_of: dict[str, int] = {}
+        for row in rows:
+            alias = row[2].chunks_alias
+            if alias not in dims_of:
+                emb, dims = (await self.vectors.for_alias(alias) if self.vectors is not None
+                             else (self.embedder, self.embed_dims))
+                dims_of[alias] = dims
+                groups.setdefault(id(emb), (emb, dims, []))
+                group_of[alias] = id(emb)
+            groups[group_of[alias]][2].append(row)
+        ops: list[IndexOp] = []
+        for emb, dims, group in groups.values():
+            ops += await self._chunk_and_embed_with(emb, dims, group, out)
+        return ops
+
+    async def _chunk_and_embed_with(self, embedder: Embedder, dims: int | None,
+                                    rows: list[tuple[int, ChangeEvent, Route, RowState | None]],
+                                    out: Outcome) -> list[IndexOp]:
+        assert self.es is not None and self.chunker is not None
         ops: list[IndexOp] = []
         wanted: dict[str, tuple[Chunk, ChangeEvent]] = {}  # cache key -> first chunk needing it
         plan: list[tuple[int, ChangeEvent, Route, list[Chunk], RowState | None]] = []
-        model, dims = self.embedder.model, self.embed_dims
+        model = embedder.model
         for i, ev, route, old in rows:
             assert ev.after is not None
             chunks: list[Chunk] = []
@@ -362,7 +394,7 @@ class BatchProcessor:
         send, queued = self._budget_split(to_embed, [(wanted[k][0].tokens, wanted[k][1].table.key) for k in to_embed])
         if send:
             await self._embed_keys(send, {k: (wanted[k][0].text, wanted[k][0].tokens) for k in to_embed},
-                                   lambda k: _tp(wanted[k][1]), out)
+                                   lambda k: _tp(wanted[k][1]), out, embedder)
         to_embed = [k for g in send for k in g.keys]
         queued_ms = int(time.time() * 1000)
         paid = {(k, id(wanted[k][0])) for k in to_embed}
@@ -437,17 +469,19 @@ class BatchProcessor:
         return list(groups.values()), queued
 
     async def _embed_keys(self, groups: list[SendGroup], items: dict[str, tuple[str, int]],
-                          tp_of: Callable[[str], tuple[str, int]], out: Outcome) -> None:
+                          tp_of: Callable[[str], tuple[str, int]], out: Outcome,
+                          embedder: Embedder | None = None) -> None:
         """Embed each group's keys (text, tiktoken count), settle the reservations with the
         server's count, remember and cache the vectors, count them under ``tp_of(key)``."""
-        assert self.embedder is not None and self.es is not None
+        embedder = embedder or self.embedder
+        assert embedder is not None and self.es is not None
         if self.record_spend is not None and any(g.table is not None for g in groups):
             await self.record_spend()  # durable before a token is sent: a restart must count them
-        model = self.embedder.model
-        before = self.embedder.stats.requests
+        model = embedder.model
+        before = embedder.stats.requests
         cache_ops = []
         for g in groups:
-            vecs, used = await self.embedder.embed_counted([items[k][0] for k in g.keys], [items[k][1] for k in g.keys])
+            vecs, used = await embedder.embed_counted([items[k][0] for k in g.keys], [items[k][1] for k in g.keys])
             if g.table is not None and self.ledger is not None:
                 self.ledger.settle(g.table, g.reserved, used, g.at)
             crash_point("mid_embedding")
@@ -461,7 +495,7 @@ class BatchProcessor:
             await self.record_spend()
         if not cache_ops:
             return
-        out.stats[tp_of(groups[0].keys[0])]["embed_requests"] += self.embedder.stats.requests - before
+        out.stats[tp_of(groups[0].keys[0])]["embed_requests"] += embedder.stats.requests - before
         await self.es.ensure_index(EMBED_CACHE_INDEX, {"dynamic": False, "properties": {
             "v": {"type": "float", "index": False, "doc_values": False}, "model": {"type": "keyword"}}})
         # Cache writes are plain upserts: same key, same vector, any order.
@@ -495,6 +529,10 @@ class BatchProcessor:
         gens = {k.rsplit("|", 1)[0]: ledger.scan_started(k.rsplit("|", 1)[0]) for k in owned}
         first = True
         aliases = sorted({chunk_aliases[t] for t in gens if t in chunk_aliases})
+        if self.vectors is not None:
+            # An alias still served by another model's vectors keeps its queue for its re-embed
+            # (which embeds every chunk not of the configured model, queued ones included).
+            aliases = [a for a in aliases if (await self.vectors.for_alias(a))[0] is self.embedder]
         for _round in range(50):
             pending = await queue.oldest(aliases, keys_left, page)
             if first and len(pending) < page:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ import tiktoken
 from elasticsearch import AsyncElasticsearch
 
 from cdcstream.pipeline.embeddings import Embedder
-from cdcstream.sinks.base import IndexOp
+from cdcstream.sinks.base import IndexOp, SinkUnavailable
 from cdcstream.sinks.elasticsearch import FILL_GC_DELETES, MARK, EsMirror, kept_settings, physical
 from cdcstream.sinks.embed_queue import QUEUE_FIELDS
 from cdcstream.sinks.migration import Migration
@@ -125,14 +125,26 @@ async def _pages(es: AsyncElasticsearch, index: str, sort: list[Any], size: int 
 
 async def serving_model(es: AsyncElasticsearch, alias: str) -> tuple[str, str | None, int | None]:
     """The generation answering searches on ``alias`` and the model/dimensions its vectors
-    came from (a query vector must come from the same): from the generation's marker, else
-    from the vector mapping's ``dims`` (model unknown: None)."""
+    came from (a query vector must come from the same): see :func:`index_model`."""
     behind = sorted((await es.indices.get_alias(name=alias)).body)
     index = behind[-1]
+    return (index, *await index_model(es, index))
+
+
+async def index_model(es: AsyncElasticsearch, index: str) -> tuple[str | None, int | None]:
+    """The model/dimensions of the vectors in the chunks generation ``index``: from its
+    marker, else its vector mapping's ``dims`` and the model its chunks record (None: no
+    chunk yet)."""
     m = (await es.indices.get_mapping(index=index)).body[index]["mappings"]
     mark = m.get("_meta", {}).get(MARK, {}).get("embedding", {})
     dims = m.get("properties", {}).get("embedding", {}).get("dims")
-    return index, mark.get("model"), int(mark.get("dimensions") or dims) if (mark or dims) else None
+    model = mark.get("model")
+    if model is None:
+        # A generation from before the marker: its chunks record the model that embedded them.
+        resp = await es.search(index=index, size=1, source_includes=["model"], query={"exists": {"field": "model"}})
+        hits = resp["hits"]["hits"]
+        model = hits[0]["_source"].get("model") if hits else None
+    return model, int(mark.get("dimensions") or dims) if (mark or dims) else None
 
 
 @dataclass
@@ -151,13 +163,16 @@ class Reembedding(Migration):
 
 
 class Reembedder:
-    """Re-embeds chunks aliases of ``mirror`` with ``embedder``'s model and dimensions."""
+    """Re-embeds chunks aliases of ``mirror`` with ``embedder``'s model and dimensions.
+    ``charge``: told the tokens the server counted for each page (the token budget)."""
 
-    def __init__(self, mirror: EsMirror, embedder: Embedder, encoding: tiktoken.Encoding) -> None:
+    def __init__(self, mirror: EsMirror, embedder: Embedder, encoding: tiktoken.Encoding,
+                 charge: Callable[[str, int], Awaitable[None]] | None = None) -> None:
         self.mirror = mirror
         self.es = mirror.es
         self.embedder = embedder
         self.encoding = encoding
+        self.charge = charge
 
     async def start(self, alias: str) -> Reembedding:
         """Create the next generation of ``alias`` with the new vector mapping (or find the one
@@ -191,12 +206,13 @@ class Reembedder:
         """Fill, swap, drop the old generation. Errors propagate (the caller retries: the fill
         is idempotent, each write carrying its stored version)."""
         mig.attempts += 1
-        await self._fill(mig)
         es = self.es
-        await es.indices.refresh(index=mig.target)
-        await es.indices.update_aliases(actions=[
-            {"remove": {"index": mig.source, "alias": mig.alias}},
-            {"add": {"index": mig.target, "alias": mig.alias, "is_write_index": True}}])
+        if mig.target not in (await es.indices.get_alias(name=mig.alias)).body:  # else: swapped, then failed
+            await self._fill(mig)
+            await es.indices.refresh(index=mig.target)
+            await es.indices.update_aliases(actions=[
+                {"remove": {"index": mig.source, "alias": mig.alias}},
+                {"add": {"index": mig.target, "alias": mig.alias, "is_write_index": True}}])
         await es.indices.put_settings(index=mig.target, settings={"index.gc_deletes": None})
         await es.indices.put_mapping(index=mig.target, meta={MARK: {"changed": ["embedding"], "embedding": {
             "model": mig.model, "dimensions": mig.dimensions}}})
@@ -211,7 +227,13 @@ class Reembedder:
         mig.total = int((await es.count(index=mig.source))["count"])
         mig.copied = 0
         # Cheapest first: a budget or a stop part-way has re-embedded the most chunks it could.
-        async for hits in _pages(es, mig.source, sort=[{"tokens": {"order": "asc", "missing": "_last"}}, "_doc"]):
+        async for page in _pages(es, mig.source, sort=[{"tokens": {"order": "asc", "missing": "_last"}}, "_doc"]):
+            mig.copied += len(page)
+            # Already in the new generation: a live change written meanwhile (newer, with the
+            # new model) or this fill before a restart. Not paid twice.
+            have = await es.mget(index=mig.target, ids=[h["_id"] for h in page], source=False)
+            there = {d["_id"] for d in have["docs"] if d.get("found")}
+            hits = [h for h in page if h["_id"] not in there]
             todo = [h for h in hits if stale(h["_source"], emb.model, emb.dimensions)]
             texts = [str(h["_source"].get("text", "")) for h in todo]
             counts = await _count(self.encoding, texts)
@@ -219,6 +241,8 @@ class Reembedder:
             vecs, used = await emb.embed_counted(texts, counts) if texts else ([], 0)
             mig.tokens += used
             mig.requests += emb.stats.requests - before
+            if used and self.charge is not None:
+                await self.charge(mig.alias, used)
             fresh = dict(zip((h["_id"] for h in todo), vecs, strict=True))
             ops = []
             for h in hits:
@@ -226,7 +250,162 @@ class Reembedder:
                 if h["_id"] in fresh:
                     doc.update(embedding=fresh[h["_id"]], model=emb.model, dimensions=emb.dimensions)
                 ops.append(IndexOp("index", mig.target, h["_id"], h["_version"], doc))
-            res = await self.mirror.apply(ops)
-            mig.refused += len(res.failed)
+            res = await self.mirror.apply(ops) if ops else None
+            mig.refused += len(res.failed) if res else 0
             mig.reembedded += len(todo)
-            mig.copied += len(hits)
+
+
+class Gate:
+    """Batches that embed and write chunks pass together; switching a chunks alias to a
+    re-embed waits until none is in flight and holds new ones back, so that no batch embeds
+    for one generation and writes into the other (the new one would refuse the vectors)."""
+
+    def __init__(self) -> None:
+        self._cond = asyncio.Condition()
+        self._busy = 0
+        self._switching = False
+
+    @contextlib.asynccontextmanager
+    async def writing(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._switching)
+            self._busy += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._busy -= 1
+                self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def switching(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._switching)
+            self._switching = True
+            await self._cond.wait_for(lambda: self._busy == 0)
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._switching = False
+                self._cond.notify_all()
+
+
+Choice = tuple[Embedder, int | None]
+
+
+class Vectors:
+    """Which model and size each chunks alias is written with, and its re-embeds.
+
+    The settings name the model a table *should* have; the generation serving searches has
+    the vectors it *has*. Until a re-embed of the alias runs, live changes are embedded with
+    the serving generation's model and size (nothing blocks, one kNN field holds one model);
+    while it runs, every write goes to the new generation, embedded with the new model; after
+    the swap the serving generation is the new one. A re-embed starts only on request
+    (:meth:`reembed`: ``cdcstream embeddings reembed``), and one a killed worker left
+    half-done resumes when its alias is loaded (``EsMirror.on_reembed``)."""
+
+    def __init__(self, mirror: EsMirror, embedder: Embedder, encoding: tiktoken.Encoding,
+                 charge: Callable[[str, int], Awaitable[None]] | None = None) -> None:
+        self.mirror = mirror
+        self.embedder = embedder
+        self.encoding = encoding
+        self.charge = charge
+        self.gate = Gate()
+        self._serving: dict[str, Choice] = {}  # alias -> what its serving generation holds
+        self._running: dict[str, tuple[Reembedding, Choice]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        mirror.on_reembed = self._resumed
+
+    @property
+    def configured(self) -> Choice:
+        return self.embedder, self.embedder.dimensions
+
+    def _choice(self, model: str | None, dims: int | None) -> Choice:
+        emb = self.embedder
+        if (model or emb.model) == emb.model and (dims is None or dims == emb.dimensions):
+            return self.configured
+        return emb.variant(model or emb.model, dims), dims
+
+    async def for_alias(self, alias: str) -> Choice:
+        """The embedder and size that writes to ``alias`` must use now."""
+        # Loaded first: a re-embed a killed worker left half-done registers here (on_reembed),
+        # and this batch must embed for it, not for the generation it replaces.
+        await self.mirror.resume([alias])
+        running = self._running.get(alias)
+        if running is not None and self.mirror.migrations.get(alias) is running[0]:
+            return running[1]
+        if alias not in self._serving:
+            if await self.mirror.es.indices.exists_alias(name=alias):
+                _, model, dims = await serving_model(self.mirror.es, alias)
+                self._serving[alias] = self._choice(model, dims)
+            else:
+                return self.configured  # created by this write, with the settings' size
+        return self._serving[alias]
+
+    async def reembed(self, alias: str) -> Reembedding:
+        """Start re-embedding ``alias`` with the configured model and size (or return the one
+        running). Raises ValueError when there is nothing to change, SinkUnavailable while a
+        mapping migration of the alias runs."""
+        async with self.gate.switching():
+            running = self._running.get(alias)
+            if running is not None:
+                return running[0]
+            other = self.mirror.migrations.get(alias)
+            if other is not None:
+                raise SinkUnavailable("elasticsearch", "migration in progress",
+                                      f"{alias}: a rebuild to {other.target} runs; re-embed after its swap")
+            emb, dims = self.configured
+            _, model, have = await serving_model(self.mirror.es, alias)
+            if (model, have) == (emb.model, dims):
+                raise ValueError(f"{alias} is embedded with {emb.model}/{dims} already")
+            mig = await Reembedder(self.mirror, emb, self.encoding, self.charge).start(alias)
+            self._launch(mig, self.configured)
+            return mig
+
+    def _resumed(self, alias: str, source: str, target: str, props: dict[str, Any],
+                 embedding: dict[str, Any]) -> Migration | None:
+        running = self._running.get(alias)
+        if running is not None and running[0].target == target:
+            return running[0]
+        dims = embedding.get("dimensions")
+        choice = self._choice(embedding.get("model"), int(dims) if dims else None)
+        mig = Reembedding(alias, source, target, props, ["embedding"], model=choice[0].model,
+                          dimensions=choice[1], resumed=True)
+        self._launch(mig, choice)
+        return mig
+
+    def _launch(self, mig: Reembedding, choice: Choice) -> None:
+        self._running[mig.alias] = (mig, choice)
+        task = asyncio.get_running_loop().create_task(self._run(mig, choice), name=f"reembed {mig.alias}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, mig: Reembedding, choice: Choice) -> None:
+        """Fill and swap, retried with backoff until done (the generation takes every write
+        meanwhile, so giving up is not an option); then the alias serves the new model."""
+        backoff = 1.0
+        worker = Reembedder(self.mirror, choice[0], self.encoding, self.charge)
+        while True:
+            try:
+                await worker.run(mig)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the cluster or the embeddings API: retry the fill
+                mig.error = f"{type(e).__name__}: {str(e)[:200]}"
+                log.warning("%s: re-embed into %s failed (%s); again in %.0fs", mig.alias, mig.target, mig.error,
+                            backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            # No await between the swap's bookkeeping in run() and this: a batch sees either.
+            self._serving[mig.alias] = choice
+            self._running.pop(mig.alias, None)
+            return
+
+    def views(self) -> list[dict[str, Any]]:
+        return [m.view() for m, _ in self._running.values()]
+
+    def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()

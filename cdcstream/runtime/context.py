@@ -29,6 +29,7 @@ from cdcstream.pipeline.budget import BudgetLedger
 from cdcstream.pipeline.chunking import Chunker
 from cdcstream.pipeline.embeddings import Embedder
 from cdcstream.pipeline.processor import BatchProcessor
+from cdcstream.pipeline.reembed import Vectors
 from cdcstream.pipeline.tokens import counts_exactly, get_encoding
 from cdcstream.runtime.checkpoint import Checkpoint
 from cdcstream.sinks.archive import open_store
@@ -56,6 +57,7 @@ class Pipeline:
         self.mirror: Mirror | None = None
         self.archive: ArchiveStore | None = None
         self.embedder: Embedder | None = None
+        self.vectors: Vectors | None = None  # per chunks alias: its model/size, re-embeds
         self._ready = asyncio.Lock()
         # The one owner of acks and of the blocked state (runtime/checkpoint.py).
         self.checkpoint = Checkpoint()
@@ -118,13 +120,16 @@ class Pipeline:
                                          tokens_per_minute=s.embed_tokens_per_minute,
                                          send_dimensions=s.embed_send_dimensions, on_wait=self._on_wait)
                 chunker = Chunker(get_encoding(s.chunk_encoding), s.effective_chunk_tokens, s.effective_chunk_overlap)
+                if isinstance(self.mirror, EsMirror):
+                    self.vectors = Vectors(self.mirror, self.embedder, get_encoding(s.chunk_encoding),
+                                           charge=self.charge_reembed)
             self.processor = BatchProcessor(self.router, self.mirror, self.archive, self.embedder, chunker,
                                             archive_buffer=self.buffer, embed_dims=s.embed_dimensions,
                                             record_cut=self.record_cut, on_wait=self._on_wait,
                                             truncated_at=self.truncated_at,
                                             record_truncation=self.record_truncation,
                                             ledger=self.ledger, queue=EsEmbedQueue(self.es) if self.es else None,
-                                            record_spend=self.record_spend)
+                                            record_spend=self.record_spend, vectors=self.vectors)
             return self.processor
 
     def _on_wait(self, sink: str, exc: BaseException | None, detail: str) -> None:
@@ -137,7 +142,9 @@ class Pipeline:
             es, self.es = self.es, None
             if self.mirror is not None:
                 self.mirror.stop()  # a rebuild's fill resumes with the new client
-            self.processor = self.mirror = self.archive = self.embedder = None
+            if self.vectors is not None:
+                self.vectors.stop()  # so does a re-embed (its generation is found at the next load)
+            self.processor = self.mirror = self.archive = self.embedder = self.vectors = None
         if es is not None:
             with contextlib.suppress(Exception):
                 await es.close()
@@ -213,6 +220,16 @@ class Pipeline:
         for key, rec in self.ledger.pending_records().items():
             self.tables.embed_budget[key] = rec
         await self.app.producer.flush()
+
+    async def charge_reembed(self, alias: str, tokens: int) -> None:
+        """A re-embed's tokens (as the server counted them) count against its table's budget:
+        spent after each page, not reserved before it. The re-embed does not wait for a
+        period; once the budget is spent, the table's live changes queue."""
+        key = next((k for k, r in self.router.by_key.items() if r.chunks_alias == alias), None)
+        if key is None or not self.ledger.applies(key):
+            return
+        self.ledger.settle(key, 0, tokens, self.ledger.clock())
+        await self.record_spend()
 
     def owned_queue_keys(self) -> list[str]:
         """``<table key>|<partition>`` of the captured partitions assigned to this worker: the

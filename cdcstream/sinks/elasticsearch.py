@@ -15,7 +15,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -137,6 +137,11 @@ class EsMirror:
         self._migrated: dict[str, set[str]] = {}  # alias -> top-level fields its migrations changed
         self.migrations: dict[str, Migration] = {}  # alias -> its rebuild in progress
         self._tasks: set[asyncio.Task[None]] = set()
+        # A re-embed a killed worker left half-done, found when its alias is loaded: the
+        # pipeline (which has the embedder) makes it a migration and fills it
+        # (cdcstream/pipeline/reembed.py). Arguments: alias, source, target, the target's
+        # properties and its recorded model/dimensions. None (tools): left for a worker.
+        self.on_reembed: Callable[[str, str, str, dict[str, Any], dict[str, Any]], Migration | None] | None = None
 
     # --- indices ---------------------------------------------------------------------
     async def ensure_index(self, alias: str, mapping: dict[str, Any], settings: dict[str, Any] | None = None,
@@ -180,10 +185,12 @@ class EsMirror:
             # one. Not the events' fault: the table waits, visibly, for the settings to go back
             # or for a re-embed (docs/profiles.md, "Changing the embedding model").
             was, now = (known[vectors[0]].get("dims"), props[vectors[0]].get("dims"))
+            # The worker writes with the serving generation's size until a re-embed runs
+            # (pipeline/reembed.py, Vectors): only a writer that does not gets here.
             raise SinkUnavailable("elasticsearch", "embedding model changed",
                                   f"{alias}: {vectors[0]} has {was} dimensions, the settings give {now}: "
                                   f"restore CDCSTREAM_EMBED_MODEL/CDCSTREAM_EMBED_DIMENSIONS, or re-embed "
-                                  f"(cdcstream embeddings plan); vectors are never copied across models")
+                                  f"(cdcstream embeddings reembed); vectors are never copied across models")
         if changed:
             if alias in self.migrations:
                 # A second incompatible change while the first is copied: wait for the swap.
@@ -216,8 +223,9 @@ class EsMirror:
         mark = ours.get(current, {}).get("_meta", {}).get(MARK, {})
         self._schema_version[alias] = int(mark.get("schema_version", 0))
         self._migrated[alias] = {p.split(".", 1)[0] for p in mark.get("changed", [])}
-        if "migrating_from" in mark:  # swapped in, but killed before its marker was cleared
-            await self._finish(current, self._schema_version[alias], list(mark.get("changed", [])))
+        if "migrating_from" in mark or "reembedding_from" in mark:  # swapped in, killed before its marker was cleared
+            await self._finish(current, self._schema_version[alias], list(mark.get("changed", [])),
+                               mark.get("embedding"))
         for name, m in sorted(ours.items()):
             if name in behind:
                 continue
@@ -228,6 +236,16 @@ class EsMirror:
                 log.warning("%s: resuming the migration %s -> %s", alias, mig.source, name)
                 self._start(mig)
                 props = mig.properties
+            elif meta.get("reembedding_from") in behind and _gen(name) > _gen(current):
+                # Resumed as a re-embed, never as a copy: a copy would carry the old vectors.
+                found = (self.on_reembed(alias, meta["reembedding_from"], name, dict(m.get("properties", {})),
+                                         dict(meta.get("embedding", {}))) if self.on_reembed else None)
+                if found is None:
+                    log.warning("%s: %s is a re-embed left half-done; a worker resumes it", alias, name)
+                    continue
+                log.warning("%s: resuming the re-embed %s -> %s", alias, found.source, name)
+                self.migrations[alias] = found
+                props = found.properties
             elif _gen(name) < _gen(current):
                 log.warning("%s: deleting %s, left over after its swap", alias, name)
                 await self._retrying(lambda name=name: self.es.indices.delete(index=name, ignore_unavailable=True))
@@ -347,10 +365,13 @@ class EsMirror:
             {"add": {"index": mig.target, "alias": mig.alias, "is_write_index": True}}]))
         crash_point("after_migration_swap")
 
-    async def _finish(self, index: str, schema_version: int, changed: list[str]) -> None:
-        """Clear the fill's marker and tombstone retention of a generation now behind its alias."""
+    async def _finish(self, index: str, schema_version: int, changed: list[str],
+                      embedding: dict[str, Any] | None = None) -> None:
+        """Clear the fill's marker and tombstone retention of a generation now behind its alias
+        (a re-embedded one keeps the model/dimensions of its vectors)."""
         await self._retrying(lambda: self.es.indices.put_settings(index=index, settings={"index.gc_deletes": None}))
-        meta = {MARK: {"schema_version": schema_version, "changed": changed}}
+        meta: dict[str, Any] = {MARK: {"schema_version": schema_version, "changed": changed,
+                                       **({"embedding": embedding} if embedding else {})}}
         await self._retrying(lambda: self.es.indices.put_mapping(index=index, meta=meta))
 
     async def resume(self, aliases: Iterable[str]) -> int:

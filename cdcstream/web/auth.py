@@ -72,6 +72,7 @@ ROUTES: dict[str, dict[str, Access]] = {
     # A search hit's row: a table-scoped token reads rows of its own tables (checked in the view).
     "/api/tables/{table}/rows/{id}": {"GET": Access.SEARCH},
     "/api/tables/{table}/profile": {"PUT": Access.ADMIN},
+    "/api/tables/{table}/reembed": {"POST": Access.ADMIN},
     "/api/workers": {"GET": Access.READ},
     # values=true (whole records, up to 16 MiB each) needs admin: checked in the view.
     "/api/dlq": {"GET": Access.READ},

@@ -140,6 +140,15 @@ def document(reads_open: bool, example_table: str | None = None) -> dict[str, An
                                                              "carries the estimate", "content": _JSON_OBJ},
                        "504": {"description": "Not every live worker applied it in time", "content": _JSON_OBJ}},
                 op_id="setProfile")},
+            "/api/tables/{table}/reembed": {"post": op(
+                "Re-embed a full table's chunks with this worker's configured embedding model and dimensions "
+                "into the next chunk-index generation (in the background; searches answer from the current "
+                "one until the swap). Answers the re-embed (also on /status, `migrations`)",
+                security=bearer, params=[table_param],
+                extra={"404": _ERROR, "409": {"description": "Nothing to change, or an index rebuild of the "
+                                                             "chunks runs", "content": _JSON_OBJ},
+                       "503": {"description": "No Elasticsearch or embeddings configured", "content": _JSON_OBJ}},
+                op_id="reembedTable")},
             "/api/dlq": {"get": op("Dead-lettered records (oldest first), at most 4 MiB per answer: continue from "
                                    "`next_offset` when `truncated`", security=read_sec, op_id="listDlq", params=[
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000,

@@ -555,7 +555,7 @@ QUERY_EMBED_TIMEOUT_S = 30.0
 
 
 async def embed_query(embedder: Embedder, q: str, input_type: str | None, prefix: str) -> list[float]:
-    key = (embedder.model, input_type, prefix, q)
+    key = (f"{embedder.model}/{embedder.dimensions if embedder.send_dimensions else ''}", input_type, prefix, q)
     hit = _QUERY_VECTORS.get(key)
     if hit is not None:
         return hit
@@ -572,6 +572,8 @@ async def _embed_query(embedder: Embedder, q: str, input_type: str | None, prefi
     kwargs: dict[str, Any] = {}
     if input_type:
         kwargs["extra_body"] = {"input_type": input_type}
+    if embedder.send_dimensions and embedder.dimensions:
+        kwargs["dimensions"] = embedder.dimensions  # the chunks' size, as the pipeline asked for it
     try:
         resp = await asyncio.wait_for(embedder.client.embeddings.create(
             model=embedder.model, input=[prefix + q], **kwargs), timeout=QUERY_EMBED_TIMEOUT_S)
@@ -742,19 +744,19 @@ async def _semantic_list(es: AsyncElasticsearch, embedder: Embedder | None, targ
         return [], False
     if embedder is None:
         raise SearchInputError("semantic search needs embeddings: set embed_url")
+    maps = [m.get("row", {}).get("properties", {}) for m in await _mappings(es, list(by_chunks))]
+    k = min(depth * 3, 1000)
+    body = knn_body([], filter_clauses(req, maps, "row.", row_maps), k)
     try:
-        vec = await embed_query(embedder, req.q, query_input_type, query_prefix)
+        found, capped = await _knn(es, embedder, list(by_chunks), body, req.q, query_input_type, query_prefix)
     except SearchBackendError as e:
         if req.mode == "semantic":
             raise
         # Hybrid degrades to its keyword half rather than failing the whole search.
         warnings.append(f"semantic part skipped: {e}")
         return [], False
-    maps = [m.get("row", {}).get("properties", {}) for m in await _mappings(es, list(by_chunks))]
-    k = min(depth * 3, 1000)
-    resp = await _search(es, list(by_chunks), knn_body(vec, filter_clauses(req, maps, "row.", row_maps), k))
     best: dict[tuple[str, str], _Hit] = {}
-    for t, h in _owned(by_chunks, resp):
+    for t, h in _owned(by_chunks, {"hits": {"hits": found}}):
         src = h.get("_source", {})
         if "parent_id" not in src:
             continue
@@ -768,7 +770,62 @@ async def _semantic_list(es: AsyncElasticsearch, embedder: Embedder | None, targ
     semantic = list(best.values())[:depth]
     for rank, s in enumerate(semantic, start=1):
         s.ranks["semantic"] = rank
-    return semantic, len(resp["hits"]["hits"]) >= k or len(best) > depth
+    return semantic, capped or len(best) > depth
+
+
+#: Chunks generation -> the model/dimensions of its vectors (a generation's never change).
+_INDEX_MODELS: dict[str, tuple[str, int | None]] = {}
+
+
+async def _serving(es: AsyncElasticsearch, aliases: list[str]) -> dict[str, str]:
+    """Chunks alias -> the generation behind it now."""
+    from elasticsearch import ApiError, NotFoundError, TransportError
+
+    try:
+        resp = await es.indices.get_alias(name=",".join(aliases), ignore_unavailable=True)
+    except NotFoundError:
+        return {}
+    except (ApiError, TransportError) as e:
+        raise SearchBackendError(f"Elasticsearch: {type(e).__name__}: {_reason(e)}") from None
+    return {a: index for index, v in sorted(resp.body.items()) for a in v.get("aliases", {}) if a in aliases}
+
+
+async def _knn(es: AsyncElasticsearch, embedder: Embedder, aliases: list[str], body: dict[str, Any], q: str,
+               input_type: str | None, prefix: str) -> tuple[list[dict[str, Any]], bool]:
+    """The chunk hits of ``body``'s kNN over ``aliases`` (best first) and whether a list was cut
+    at k. The query is embedded with the model and size of the generation answering each alias
+    (pipeline/reembed.py: a re-embed swaps generations of another size under the alias), and
+    the generations are searched by name: a swap between choosing the vector and searching
+    cannot pair a vector with a generation of another size. A swap meanwhile: searched again."""
+    from cdcstream.pipeline.reembed import index_model
+
+    for _attempt in range(3):
+        serving = await _serving(es, aliases)
+        groups: dict[tuple[str, int | None], list[str]] = {}
+        for index in serving.values():
+            if index not in _INDEX_MODELS:
+                try:
+                    model, dims = await index_model(es, index)
+                except Exception as e:  # noqa: BLE001 - deleted by a swap meanwhile: searched again
+                    raise SearchBackendError(f"Elasticsearch: {type(e).__name__}: {_reason(e)}") from None
+                if model is None:  # no chunk yet: the configured model writes its first
+                    groups.setdefault((embedder.model, dims), []).append(index)
+                    continue
+                _INDEX_MODELS[index] = (model, dims)
+            groups.setdefault(_INDEX_MODELS[index], []).append(index)
+        hits: list[dict[str, Any]] = []
+        capped = False
+        for (model, dims), indices in groups.items():
+            same = model == embedder.model and dims in (None, embedder.dimensions)
+            emb = embedder if same else embedder.variant(model, dims)
+            vec = await embed_query(emb, q, input_type, prefix)
+            resp = await _search(es, indices, {**body, "knn": {**body["knn"], "query_vector": vec}})
+            hits += resp["hits"]["hits"]
+            capped = capped or len(resp["hits"]["hits"]) >= body["knn"]["k"]
+        if await _serving(es, aliases) == serving:
+            break
+    hits.sort(key=lambda h: -float(h.get("_score") or 0.0))
+    return hits, capped
 
 
 async def _fill_rows(es: AsyncElasticsearch, hits: list[_Hit]) -> None:

@@ -420,6 +420,11 @@ def register(app: faust.App, pipe: Pipeline) -> None:
             return self.json(await change_profile(pipe, svc, route, profile, backfill=backfill, confirm=confirm,
                                                   drop_index=drop_index))
 
+    @page("/api/tables/{table}/reembed")
+    class Reembed(Base):
+        async def post(self, request: Request, **kwargs: Any) -> Response:
+            return self.json(await start_reembed(pipe, self.route_of(kwargs["table"])))
+
     @page("/api/workers")
     class Workers(Base):
         async def get(self, request: Request, **kwargs: Any) -> Response:
@@ -572,6 +577,27 @@ async def estimate_backfill(pipe: Pipeline, route: Route) -> dict[str, Any]:
     est = await in_executor(backfill.estimate, rows, texts, s.chunk_encoding, s.embed_price_per_million_tokens,
                             source, deadline=30.0)
     return est.as_dict()
+
+
+async def start_reembed(pipe: Pipeline, route: Route) -> dict[str, Any]:
+    """Start re-embedding ``route``'s chunks on this worker (pipeline/reembed.py, Vectors)."""
+    from elasticsearch import NotFoundError
+
+    from cdcstream.sinks.base import SinkUnavailable
+
+    profile, _ = live_profile(pipe, route)
+    if not profile.embeds:
+        raise bad(f"{table_id(route)} has profile {profile.value}: it has no chunks to re-embed")
+    await pipe.ready()
+    if pipe.vectors is None:
+        raise HttpError(503, "re-embedding needs Elasticsearch and embeddings: elasticsearch_url and embed_url")
+    try:
+        mig = await pipe.vectors.reembed(route.chunks_alias)
+    except NotFoundError:
+        raise HttpError(404, f"{table_id(route)} has no chunks index yet: nothing to re-embed") from None
+    except (ValueError, SinkUnavailable) as e:
+        raise HttpError(409, str(e)) from None
+    return {"table": table_id(route), "worker": pipe.worker_id, **mig.view()}
 
 
 async def change_profile(pipe: Pipeline, svc: StatusService, route: Route, profile: ProcessingProfile, *,

@@ -34,11 +34,16 @@ class SearchLoop(threading.Thread):
         self.done = threading.Event()
         self.ok, self.failures = 0, []  # type: tuple[int, list[str]]
 
+    def search(self) -> tuple[requests.Response, bool]:
+        """One search and whether it answered with hits."""
+        r = requests.post(self.url, json={"query": {"match_all": {}}, "size": 1}, auth=self.auth, timeout=10)
+        return r, r.status_code == 200 and r.json()["hits"]["total"]["value"] > 0
+
     def run(self) -> None:
         while not self.done.is_set():
             try:
-                r = requests.post(self.url, json={"query": {"match_all": {}}, "size": 1}, auth=self.auth, timeout=10)
-                if r.status_code == 200 and r.json()["hits"]["total"]["value"] > 0:
+                r, answered = self.search()
+                if answered:
                     self.ok += 1
                 else:
                     self.failures.append(f"{r.status_code}: {r.text[:200]}")

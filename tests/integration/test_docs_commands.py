@@ -69,6 +69,8 @@ COVERED: dict[tuple[str, ...], tuple[str, ...]] = {
     ("credentials", "status"): ("tests/e2e/test_vault_credentials.py", "tests/e2e/test_runbook.py", "here"),
     ("credentials", "rotate"): ("tests/e2e/test_vault_credentials.py", "tests/e2e/test_runbook.py"),
     ("credentials", "rotate-loop"): ("tests/e2e/test_vault_credentials.py",),
+    ("embeddings", "plan"): ("tests/integration/test_reembed.py", "tests/e2e/test_reembed.py"),
+    ("embeddings", "reembed"): ("tests/e2e/test_reembed.py",),
     ("restore",): ("tests/e2e/test_restore.py",),
     ("history",): ("tests/e2e/test_restore.py",),
 }

@@ -14,10 +14,8 @@ import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -29,49 +27,25 @@ from elasticsearch import AsyncElasticsearch, NotFoundError
 from openai import AsyncOpenAI
 
 from cdcstream.pipeline.embeddings import Embedder
-from cdcstream.pipeline.reembed import PAGE, Reembedder, plan, serving_model
+from cdcstream.pipeline.reembed import PAGE, Reembedder, Reembedding, Vectors, plan, serving_model
 from cdcstream.pipeline.tokens import get_encoding
 from cdcstream.sinks.base import IndexOp
 from cdcstream.sinks.elasticsearch import EsMirror
-from cdcstream.stack.base import StackPaths
-from cdcstream.stack.services.embeddings import MODEL, EmbeddingsService
+from cdcstream.stack.services.embeddings import MODEL
+from tests.support.embedserver import private_embedserver
 from tests.support.es import scratch_alias
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "cdcstream" / "stack" / "embedserver.py"
 CHUNKS = 300  # more than a page: the fill and the plan's request count cross page boundaries
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def server(require: Callable[[str], dict[str, Any]]) -> Iterator[str]:
     require("embeddings")  # the venv is installed with the stack's embeddings service
-    python = EmbeddingsService(StackPaths()).python
-    port = _free_port()
-    proc = subprocess.Popen([str(python), str(SCRIPT), "--host", "127.0.0.1", "--port", str(port),
-                             "--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{url}/health", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "embedserver did not start"
-            time.sleep(0.2)
+    with private_embedserver() as url:
         yield url
-    finally:
-        proc.terminate()  # our own process, by its handle
-        proc.wait(timeout=10)
 
 
 def _embedder(url: str, dims: int) -> Embedder:
@@ -110,6 +84,19 @@ def _cli_plan(tmp_path: Path, alias: str, dims: int) -> dict[str, Any]:
     return dict(json.loads(out.stdout))
 
 
+async def _seed(client: AsyncElasticsearch, alias: str, embedder: Embedder, texts: list[str]) -> EsMirror:
+    """``alias`` with one chunk per text (ids c0, c1, ...), embedded by ``embedder``."""
+    enc = get_encoding("cl100k_base")
+    vecs = await embedder.embed(texts, [len(enc.encode(t)) for t in texts])
+    mirror = EsMirror(client)
+    await mirror.ensure_index(alias, _mapping(embedder.dimensions or 0), {"refresh_interval": "1s"})
+    await mirror.apply([IndexOp("index", alias, f"c{i}", 100 + i, {
+        "text": t, "tokens": len(enc.encode(t)), "model": MODEL, "dimensions": embedder.dimensions, "embedding": v})
+        for i, (t, v) in enumerate(zip(texts, vecs, strict=True))])
+    await client.indices.refresh(index=alias)
+    return mirror
+
+
 def _mapping(dims: int) -> dict[str, Any]:
     return {"dynamic": False, "properties": {
         "text": {"type": "text"}, "tokens": {"type": "integer"}, "model": {"type": "keyword"},
@@ -136,13 +123,7 @@ async def test_384_to_256_reembeds_into_the_next_generation_while_searches_answe
     texts = [f"order {run}-{i}: " + "parcel shipped late, customer asks for a refund " * (1 + i % 7)
              for i in range(CHUNKS)]
     a, b = _embedder(server, 384), _embedder(server, 256)
-    vecs = await a.embed(texts, [len(enc.encode(t)) for t in texts])
-    mirror = EsMirror(client)
-    await mirror.ensure_index(alias, _mapping(384), {"refresh_interval": "1s"})
-    await mirror.apply([IndexOp("index", alias, f"c{i}", 100 + i, {
-        "text": t, "tokens": len(enc.encode(t)), "model": MODEL, "dimensions": 384, "embedding": v})
-        for i, (t, v) in enumerate(zip(texts, vecs, strict=True))])
-    await client.indices.refresh(index=alias)
+    mirror = await _seed(client, alias, a, texts)
 
     estimate = await plan(client, alias, b, enc)
     assert (estimate.chunks, estimate.stale) == (CHUNKS, CHUNKS)
@@ -174,7 +155,13 @@ async def test_384_to_256_reembeds_into_the_next_generation_while_searches_answe
 
     searcher = asyncio.create_task(search_loop())
     stats_before = requests.get(f"{server}/stats", timeout=5).json()
-    reembedder = Reembedder(mirror, b, enc)
+    charged: list[int] = []
+
+    async def charge(alias_: str, tokens: int) -> None:
+        assert alias_ == alias
+        charged.append(tokens)
+
+    reembedder = Reembedder(mirror, b, enc, charge)
     mig = await reembedder.start(alias)
     # A live change while the fill runs: written to the new generation at a newer version,
     # embedded with the new model; the fill's older copy of c0 must not overwrite it.
@@ -202,13 +189,61 @@ async def test_384_to_256_reembeds_into_the_next_generation_while_searches_answe
     mapping = (await client.indices.get_mapping(index=mig.target)).body[mig.target]["mappings"]
     assert mapping["properties"]["embedding"]["dims"] == 256
     assert (await serving_model(client, alias))[1:] == (MODEL, 256)
-    # Tokens at the server: the fill's (c0 included: its old copy is re-embedded before the
-    # write loses 409) plus the live change's; the plan counted with tiktoken, the server with
-    # e5's XLM-R tokenizer and its "passage: " prefix, so they differ by a stable ratio.
+    # Tokens at the server: the fill's plus the live change's; c0 is not paid twice (already
+    # in the new generation when the fill reached it). The plan counted with tiktoken, the
+    # server with e5's XLM-R tokenizer and its "passage: " prefix: a stable ratio apart.
     spent = stats_after["tokens"] - stats_before["tokens"]
     assert spent == mig.tokens + live_tokens
-    assert mig.reembedded == CHUNKS and mig.requests == estimate.requests
+    assert mig.reembedded == CHUNKS - 1 and mig.requests == estimate.requests
+    assert sum(charged) == mig.tokens and len(charged) == -(-CHUNKS // PAGE)  # the budget's share, per page
     ratio = mig.tokens / estimate.tokens
     print(f"plan {estimate.tokens} tiktoken tokens, {estimate.requests} requests; server counted {mig.tokens} "
           f"for the fill (ratio {ratio:.3f}), {spent} in all")
     assert 0.8 <= ratio <= 1.5
+
+
+async def test_regression_a_reembed_left_half_done_resumes_as_a_reembed_not_as_a_copy(
+        server: str, es: tuple[AsyncElasticsearch, str]) -> None:
+    """A worker killed during a re-embed left a generation marked ``reembedding_from``, which the
+    next worker's mirror did not recognise: writes went to the old generation and the new one
+    stayed half-filled forever. Resumed now as a re-embed (a copy would carry 384-dimension
+    vectors into a 256-dimension field)."""
+    client, alias = es
+    enc = get_encoding("cl100k_base")
+    run = uuid.uuid4().hex[:6]
+    texts = [f"ticket {run}-{i}: the invoice total is wrong " * (1 + i % 3) for i in range(40)]
+    a, b = _embedder(server, 384), _embedder(server, 256)
+    await _seed(client, alias, a, texts)
+
+    # A worker whose settings say 256 before any re-embed: it writes with the serving model/size.
+    before = Vectors(EsMirror(client), b, enc)
+    emb, dims = await before.for_alias(alias)
+    assert (emb.model, dims, emb.send_dimensions) == (MODEL, 384, True) and emb is not b
+
+    # The killed worker: the new generation created and registered, a live change written to it.
+    killed = EsMirror(client)
+    mig = await Reembedder(killed, b, enc).start(alias)
+    live_vec = await b.embed(["the invoice was corrected"], [5])
+    await killed.apply([IndexOp("index", alias, "c1", 10_000, {"text": "the invoice was corrected", "tokens": 5,
+                                                               "model": MODEL, "dimensions": 256,
+                                                               "embedding": live_vec[0]})])
+
+    restarted = EsMirror(client)
+    vectors = Vectors(restarted, b, enc)
+    emb, dims = await vectors.for_alias(alias)
+    resumed = restarted.migrations[alias]
+    assert isinstance(resumed, Reembedding) and resumed.resumed and resumed.target == mig.target
+    assert (emb, dims) == (b, 256), "live changes are embedded for the generation being filled"
+    async with asyncio.timeout(120):
+        while alias in restarted.migrations:
+            await asyncio.sleep(0.2)
+    assert sorted((await client.indices.get_alias(name=alias)).body) == [mig.target]
+    assert not await client.indices.exists(index=mig.source)
+    await client.indices.refresh(index=alias)
+    found = await client.search(index=alias, size=100, source_includes=["text", "dimensions"])
+    docs = {h["_id"]: h["_source"] for h in found["hits"]["hits"]}
+    assert len(docs) == len(texts) and {d["dimensions"] for d in docs.values()} == {256}
+    assert docs["c1"]["text"] == "the invoice was corrected"
+    assert resumed.reembedded == len(texts) - 1
+    assert (await vectors.for_alias(alias)) == (b, 256)
+    assert (await serving_model(client, alias))[1:] == (MODEL, 256)
