@@ -10,7 +10,8 @@ offsets not yet committed), ``after_bulk``
 (Elasticsearch written, row state not yet), ``after_batch`` (everything written, offsets
 not yet committed), ``mid_embedding`` (vectors fetched, nothing indexed), ``mid_migration``
 (a page of an index rebuild's copy written, the alias not yet swapped), ``after_migration_swap``
-(the alias swapped, the old generation not yet deleted).
+(the alias swapped, the old generation not yet deleted), ``mid_reembed`` (a page of a
+re-embed written, the alias not yet swapped).
 Unset in production; reading one environment variable per batch costs nothing.
 """
 

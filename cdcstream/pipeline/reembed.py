@@ -30,6 +30,7 @@ from typing import Any
 import tiktoken
 from elasticsearch import AsyncElasticsearch
 
+from cdcstream.core.faults import crash_point
 from cdcstream.pipeline.embeddings import Embedder
 from cdcstream.sinks.base import IndexOp, SinkUnavailable
 from cdcstream.sinks.elasticsearch import FILL_GC_DELETES, MARK, EsMirror, kept_settings, physical
@@ -253,6 +254,7 @@ class Reembedder:
             res = await self.mirror.apply(ops) if ops else None
             mig.refused += len(res.failed) if res else 0
             mig.reembedded += len(todo)
+            crash_point("mid_reembed")
 
 
 class Gate:

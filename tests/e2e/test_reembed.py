@@ -10,19 +10,21 @@ newer than the shared one's, which is not restarted for a test)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from cdcstream.stack.services.embeddings import MODEL
 from tests.e2e.harness import Pipeline, pipeline
 from tests.e2e.test_durability import dlq_records
 from tests.e2e.test_migration import SearchLoop
@@ -94,36 +96,52 @@ def run_docs_block(p: Pipeline) -> str:
     return out.stdout
 
 
-def test_a_dimensions_change_reembeds_while_semantic_search_answers(
-        tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> None:
+@contextlib.contextmanager
+def reembed_pipeline(tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> Iterator[Pipeline]:
+    """The harness's pipeline with its worker pointed at a private embeddings server."""
     require("kafka")
     embed = require("embeddings")
     with private_embedserver(threads=2) as url, \
             pipeline(tmp_path, require("postgres"), require("elasticsearch"),
                      {**embed, "base_url": f"{url}/v1", "stats_url": f"{url}/stats"}, TABLES) as p:
-        run = p.tag
-        body = {i + 1: f"{t} (note {run}-{i + 1})" for i, t in enumerate(TOPICS)}
-        for i in (1, 2, 3, 4):
-            p.sql("INSERT INTO articles (id, title, body) VALUES (%s, %s, %s)", (i, f"t{i}", body[i]))
-        # The loop searches as fast as answers come: not throttled like an analyst.
-        p.env.update({"CDCSTREAM_API_TOKEN": "env:E2E_REEMBED_ADMIN", "E2E_REEMBED_ADMIN": ADMIN,
-                      "CDCSTREAM_API_SEMANTIC_PER_MINUTE": "100000"})
+        yield p
+
+
+def embedded_at_384(p: Pipeline) -> tuple[dict[int, str], list[str]]:
+    """Rows 1-4 snapshotted and embedded at 384 dimensions; the texts of rows 1-6 and the
+    chunks generation."""
+    body = {i + 1: f"{t} (note {p.tag}-{i + 1})" for i, t in enumerate(TOPICS)}
+    for i in (1, 2, 3, 4):
+        p.sql("INSERT INTO articles (id, title, body) VALUES (%s, %s, %s)", (i, f"t{i}", body[i]))
+    # The loop searches as fast as answers come: not throttled like an analyst.
+    p.env.update({"CDCSTREAM_API_TOKEN": "env:E2E_REEMBED_ADMIN", "E2E_REEMBED_ADMIN": ADMIN,
+                  "CDCSTREAM_API_SEMANTIC_PER_MINUTE": "100000"})
+    p.apply()
+    p.start_worker()
+    p.wait("snapshot embedded at 384", lambda: set(dims_of(p).values()) == {384} and len(dims_of(p)) == 4,
+           timeout=180)
+    first = chunk_generations(p)
+    assert len(first) == 1
+    return body, first
+
+
+def restart_at_256(p: Pipeline, **env: str) -> None:
+    """The settings change: the worker restarted with 256 dimensions (sent to the server)."""
+    p.kill_worker(signal.SIGTERM)
+    p.env.update({"CDCSTREAM_EMBED_DIMENSIONS": "256", "CDCSTREAM_EMBED_SEND_DIMENSIONS": "true", **env})
+    p.start_worker()
+    p.wait("API up", lambda: requests.get(f"http://127.0.0.1:{p.web_port}/api/tables", timeout=5).ok,
+           retry_on=CONNECTION_ERRORS)
+
+
+def test_a_dimensions_change_reembeds_while_semantic_search_answers(
+        tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> None:
+    with reembed_pipeline(tmp_path, require) as p:
         t0 = time.monotonic()
         took: dict[str, float] = {}
-        p.apply()
-        p.start_worker()
-        p.wait("snapshot embedded at 384", lambda: set(dims_of(p).values()) == {384} and len(dims_of(p)) == 4,
-               timeout=180)
-        first = chunk_generations(p)
-        assert len(first) == 1
+        body, first = embedded_at_384(p)
         took["snapshot embedded"] = time.monotonic() - t0
-
-        # The settings change: the worker keeps writing with the serving generation's size.
-        p.kill_worker(signal.SIGTERM)
-        p.env.update({"CDCSTREAM_EMBED_DIMENSIONS": "256", "CDCSTREAM_EMBED_SEND_DIMENSIONS": "true"})
-        p.start_worker()
-        p.wait("API up", lambda: requests.get(f"http://127.0.0.1:{p.web_port}/api/tables", timeout=5).ok,
-               retry_on=CONNECTION_ERRORS)
+        restart_at_256(p)
         loop = SemanticLoop(p, "write-ahead log of a database")
         loop.start()
         p.sql("INSERT INTO articles (id, title, body) VALUES (5, 't5', %s)", (body[5],))
@@ -135,7 +153,7 @@ def test_a_dimensions_change_reembeds_while_semantic_search_answers(
         out = run_docs_block(p)
         print(out)
         assert re.search(r"re-embed with \S+/256: 5 chunks, \d+ tokens", out), out
-        assert f"-> {first[0][:-6]}000002 with {embed['model']}/256" in out, out
+        assert f"-> {first[0][:-6]}000002 with {MODEL}/256" in out, out
         p.sql("INSERT INTO articles (id, title, body) VALUES (6, 't6', %s)", (body[6],))
         p.wait("swapped to the 256-dimension generation",
                lambda: chunk_generations(p) == [first[0][:-6] + "000002"] and dims_of(p)
@@ -151,3 +169,25 @@ def test_a_dimensions_change_reembeds_while_semantic_search_answers(
         assert loop.ok >= 10
         assert dlq_records(p) == 0
         assert "Traceback" not in p.worker_log()
+
+
+def test_a_reembed_killed_mid_fill_is_resumed_by_the_restarted_worker(
+        tmp_path: Path, require: Callable[[str], dict[str, Any]]) -> None:
+    with reembed_pipeline(tmp_path, require) as p:
+        body, first = embedded_at_384(p)
+        restart_at_256(p, CDCSTREAM_CRASH_POINT="mid_reembed")  # kill -9 after the first page
+        with contextlib.suppress(requests.RequestException):  # the worker may die before it answers
+            requests.post(f"http://127.0.0.1:{p.web_port}/api/tables/{p.connector}.public.articles/reembed",
+                          headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
+        p.wait("the worker killed itself mid-re-embed", lambda: p.worker is not None and p.worker.poll() is not None,
+               timeout=120, worker_may_exit=True)
+        second = first[0][:-6] + "000002"
+        assert chunk_generations(p) == [*first, second]  # the new one filled, not swapped
+        del p.env["CDCSTREAM_CRASH_POINT"]
+        p.start_worker()
+        p.sql("INSERT INTO articles (id, title, body) VALUES (5, 't5', %s)", (body[5],))
+        p.wait("the re-embed resumed and swapped", lambda: chunk_generations(p) == [second]
+               and dims_of(p) == {str(i): 256 for i in range(1, 6)}, timeout=120)
+        assert "resuming the re-embed" in p.worker_log()
+        p.wait("row 5 found", found_by(p, TOPICS[4], "5"))
+        assert dlq_records(p) == 0
