@@ -136,16 +136,22 @@ async def index_model(es: AsyncElasticsearch, index: str) -> tuple[str | None, i
     """The model/dimensions of the vectors in the chunks generation ``index``: from its
     marker, else its vector mapping's ``dims`` and the model its chunks record (None: no
     chunk yet)."""
-    m = (await es.indices.get_mapping(index=index)).body[index]["mappings"]
-    mark = m.get("_meta", {}).get(MARK, {}).get("embedding", {})
-    dims = m.get("properties", {}).get("embedding", {}).get("dims")
-    model = mark.get("model")
-    if model is None:
-        # A generation from before the marker: its chunks record the model that embedded them.
-        resp = await es.search(index=index, size=1, source_includes=["model"], query={"exists": {"field": "model"}})
-        hits = resp["hits"]["hits"]
-        model = hits[0]["_source"].get("model") if hits else None
-    return model, int(mark.get("dimensions") or dims) if (mark or dims) else None
+    model, dims = vector_mark((await es.indices.get_mapping(index=index)).body[index]["mappings"])
+    return model or await recorded_model(es, index), dims
+
+
+def vector_mark(mappings: dict[str, Any]) -> tuple[str | None, int | None]:
+    """The model (None: not marked) and dimensions a chunks generation's mappings declare."""
+    mark = mappings.get("_meta", {}).get(MARK, {}).get("embedding", {})
+    dims = mark.get("dimensions") or mappings.get("properties", {}).get("embedding", {}).get("dims")
+    return mark.get("model"), int(dims) if dims else None
+
+
+async def recorded_model(es: AsyncElasticsearch, index: str) -> str | None:
+    """The model a chunk of ``index`` records (a generation from before the marker)."""
+    resp = await es.search(index=index, size=1, source_includes=["model"], query={"exists": {"field": "model"}})
+    hits = resp["hits"]["hits"]
+    return hits[0]["_source"].get("model") if hits else None
 
 
 @dataclass

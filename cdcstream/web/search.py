@@ -773,8 +773,33 @@ async def _semantic_list(es: AsyncElasticsearch, embedder: Embedder | None, targ
     return semantic, capped or len(best) > depth
 
 
-#: Chunks generation -> the model/dimensions of its vectors (a generation's never change).
-_INDEX_MODELS: dict[str, tuple[str, int | None]] = {}
+#: (chunks generation, dimensions) -> the model its chunks record, for generations without a
+#: marker (built before generations recorded their model; one search each, then remembered).
+_RECORDED_MODELS: dict[tuple[str, int | None], str] = {}
+
+
+async def _vectors(es: AsyncElasticsearch, indices: list[str]) -> dict[str, tuple[str | None, int | None]]:
+    """Chunks generation -> the model/dimensions of its vectors, read at each search (a chunks
+    index dropped with its profile comes back under the same name with the settings' size)."""
+    from elasticsearch import ApiError, TransportError
+
+    from cdcstream.pipeline.reembed import recorded_model, vector_mark
+
+    if not indices:
+        return {}
+    try:
+        resp = await es.indices.get_mapping(index=",".join(indices))
+        out = {}
+        for index, body in resp.body.items():
+            model, dims = vector_mark(body.get("mappings", {}))
+            if model is None and (index, dims) not in _RECORDED_MODELS:
+                found = await recorded_model(es, index)
+                if found is not None:
+                    _RECORDED_MODELS[(index, dims)] = found
+            out[index] = (model or _RECORDED_MODELS.get((index, dims)), dims)
+    except (ApiError, TransportError) as e:
+        raise SearchBackendError(f"Elasticsearch: {type(e).__name__}: {_reason(e)}") from None
+    return out
 
 
 async def _serving(es: AsyncElasticsearch, aliases: list[str]) -> dict[str, str]:
@@ -797,22 +822,18 @@ async def _knn(es: AsyncElasticsearch, embedder: Embedder, aliases: list[str], b
     (pipeline/reembed.py: a re-embed swaps generations of another size under the alias), and
     the generations are searched by name: a swap between choosing the vector and searching
     cannot pair a vector with a generation of another size. A swap meanwhile: searched again."""
-    from cdcstream.pipeline.reembed import index_model
-
-    for _attempt in range(3):
+    for attempt in range(3):
         serving = await _serving(es, aliases)
+        try:
+            vectors = await _vectors(es, list(serving.values()))
+        except SearchBackendError:
+            if attempt == 2:
+                raise
+            continue  # a generation deleted by a swap meanwhile
         groups: dict[tuple[str, int | None], list[str]] = {}
-        for index in serving.values():
-            if index not in _INDEX_MODELS:
-                try:
-                    model, dims = await index_model(es, index)
-                except Exception as e:  # noqa: BLE001 - deleted by a swap meanwhile: searched again
-                    raise SearchBackendError(f"Elasticsearch: {type(e).__name__}: {_reason(e)}") from None
-                if model is None:  # no chunk yet: the configured model writes its first
-                    groups.setdefault((embedder.model, dims), []).append(index)
-                    continue
-                _INDEX_MODELS[index] = (model, dims)
-            groups.setdefault(_INDEX_MODELS[index], []).append(index)
+        for index, (model, dims) in vectors.items():
+            # No chunk yet: the configured model writes the first.
+            groups.setdefault((model or embedder.model, dims), []).append(index)
         hits: list[dict[str, Any]] = []
         capped = False
         for (model, dims), indices in groups.items():
