@@ -11,7 +11,13 @@ One run, two results (issue items 6 and 5):
   rows, restart it, and time until all 100 changes are searchable; once with the local
   RocksDB intact (the normal restart) and once with the data directory deleted (a lost
   disk: state rebuilt from the changelog topic). Worker RSS is read from /proc after the
-  snapshot and after each recovery.
+  snapshot and after each recovery, and its peak sampled at every poll (0.5 s) throughout.
+
+CPU per row over the snapshot (user + system seconds from /proc, ``pgbench.CpuLedger``): the
+worker's from the connector's creation until every row is searchable, Connect's (Debezium)
+until its last snapshot record is in Kafka; both divided by the rows. Connect counts every
+connector it runs (the stack is shared), so its figure is an upper bound. The load averages
+at the start and end say how busy the shared machine was.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import psycopg
 from psycopg import sql
 
 from bench import common
+from bench.pgbench import CpuLedger
 from tests.support import CONNECTION_ERRORS, removal_spec, teardown_connector, topics_starting, wait_until
 
 ROWS = {"smoke": 5_000, "full": 1_000_000}
@@ -73,6 +80,15 @@ class Run:
         self.topic = f"{self.name}.public.items"
         self.app_id = f"bench-rec-{self.tag}"
         self.worker: common.WorkerProc | None = None
+        self.rss_peak_mb = 0.0
+
+    def rss(self) -> float:
+        """The worker's RSS now, in MiB; the peak so far is kept (a snapshot's high-water mark
+        can come before the state is complete, e.g. in a changelog burst)."""
+        assert self.worker is not None and self.worker.proc is not None
+        now = _rss_mb(self.worker.proc.pid)
+        self.rss_peak_mb = max(self.rss_peak_mb, now)
+        return now
 
     def su(self) -> Any:
         return psycopg.connect(host=self.pg["host"], port=self.pg["port"], user=self.pg["user"],
@@ -127,10 +143,16 @@ class Run:
                    retry_on=(*CONNECTION_ERRORS, KeyError), detail=worker.tail,
                    abort=lambda: None if worker.alive() else f"worker exited:\n{worker.tail()}")
         time.sleep(3)
+        st = common.stack()
+        assert worker.proc is not None
+        cpu = CpuLedger({"worker": worker.proc.pid, "connect": int(st["connect"]["pid"]),
+                         "kafka": int(st["kafka"]["pid"]), "elasticsearch": int(st["elasticsearch"]["pid"])})
+        self.rss_peak_mb = 0.0
+        cpu.mark("start")
         t0 = time.monotonic()
         apply(load_config(self.config), ConnectClient(), Resolver(), common.BOOTSTRAP, log_fn=lambda _m: None)
         dbz_first = dbz_done = es_first = es_done = None
-        samples: list[tuple[float, int, int]] = []
+        samples: list[tuple[float, int, int, float]] = []
         deadline = t0 + max(600.0, self.rows / 500)
         while es_done is None:
             now = time.monotonic()
@@ -144,25 +166,35 @@ class Run:
             docs = 0
             with contextlib.suppress(Exception):
                 docs = int(self.es.req("GET", f"/{self.alias}/_count")["count"])
-            samples.append((round(now - t0, 2), produced, docs))
+            rss = self.rss()
+            samples.append((round(now - t0, 2), produced, docs, rss))
             if produced and dbz_first is None:
                 dbz_first = now
             if produced >= self.rows and dbz_done is None:
                 dbz_done = now
+                cpu.mark("debezium_done")
             if docs and es_first is None:
                 es_first = now
             if docs >= self.rows:
                 es_done = now
+                cpu.mark("pipeline_done")
             time.sleep(0.5)
         assert dbz_first is not None and dbz_done is not None
         dbz_span = max(dbz_done - dbz_first, 0.5)
         pipe_span = max(es_done - dbz_first, 0.5)
         time.sleep(3)
+        whole = es_done - t0
         return {"rows": self.rows, "debezium_rows_per_s": round(self.rows / dbz_span),
                 "pipeline_rows_per_s": round(self.rows / pipe_span), "ratio": round(dbz_span / pipe_span, 3),
                 "pipeline_finished_after_debezium_s": round(es_done - dbz_done, 1),
                 "connector_to_first_record_s": round(dbz_first - t0, 1),
-                "worker_rss_mb": _rss_mb(self.worker.proc.pid) if self.worker.proc else None,
+                "worker_rss_mb": self.rss(), "worker_rss_peak_mb": self.rss_peak_mb,
+                "worker_cpu_us_per_row": cpu.per_event("worker", "start", "pipeline_done", self.rows),
+                "connect_cpu_us_per_row": cpu.per_event("connect", "start", "debezium_done", self.rows),
+                "kafka_cpu_us_per_row": cpu.per_event("kafka", "start", "pipeline_done", self.rows),
+                "elasticsearch_cpu_us_per_row": cpu.per_event("elasticsearch", "start", "pipeline_done", self.rows),
+                "cores_until_debezium_done": cpu.cores("start", "debezium_done", dbz_done - t0),
+                "cores_until_pipeline_done": cpu.cores("start", "pipeline_done", whole),
                 "samples": samples[:: max(1, len(samples) // 200)]}
 
     def recover(self, lose_disk: bool) -> dict[str, Any]:
@@ -176,6 +208,7 @@ class Run:
             c.execute("UPDATE items SET qty = %s WHERE id <= %s", (marker % 1_000_000, CHANGED))
         t0 = time.monotonic()
         self.worker.start()
+        self.rss_peak_mb = 0.0
         first = None
         while True:
             if time.monotonic() - t0 > 600:
@@ -190,13 +223,15 @@ class Run:
                 n = int(r["count"])
             if n and first is None:
                 first = time.monotonic() - t0
+            self.rss()
             if n >= CHANGED:
                 done = time.monotonic() - t0
                 break
             time.sleep(0.25)
         time.sleep(2)
         return {"lose_disk": lose_disk, "first_change_visible_s": round(first or done, 2),
-                "all_changes_visible_s": round(done, 2), "worker_rss_mb": _rss_mb(self.worker.proc.pid)}
+                "all_changes_visible_s": round(done, 2), "worker_rss_mb": self.rss(),
+                "worker_rss_peak_mb": self.rss_peak_mb}
 
     def cleanup(self) -> None:
         from cdcstream.ops.credentials import Credentials
@@ -217,12 +252,21 @@ class Run:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _cores(s: dict[str, Any], key: str) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(s.get(key, {}).items(), key=lambda kv: -kv[1])) or "–"
+
+
+def _load(r: dict[str, Any], key: str) -> str:
+    return ", ".join(str(x) for x in r.get(key, [])) or "–"
+
+
 class SnapshotRecovery:
     """``python -m bench snapshot-recovery [--size smoke|full] [--events ROWS]``"""
 
     @staticmethod
     def run(size: str, events: int | None = None) -> dict[str, Any]:
         rows = events or ROWS[size]
+        load_start = os.getloadavg()
         r = Run(rows)
         try:
             load_s = r.setup()
@@ -232,7 +276,9 @@ class SnapshotRecovery:
         finally:
             r.cleanup()
         return {"scenario": "snapshot-recovery", "size": size, "rows": rows, "source_load_s": round(load_s, 1),
-                "snapshot": snap, "recovery": [warm, cold], "changed_rows": CHANGED, "runs": 1}
+                "snapshot": snap, "recovery": [warm, cold], "changed_rows": CHANGED, "runs": 1,
+                "loadavg_start": [round(x, 2) for x in load_start],
+                "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
 
     @staticmethod
     def markdown(r: dict[str, Any]) -> str:
@@ -248,15 +294,25 @@ class SnapshotRecovery:
             f"| ratio of the spans (target ≥ 1: never the bottleneck) | {s['ratio']} |",
             f"| pipeline finished after Debezium | {s['pipeline_finished_after_debezium_s']} s |",
             f"| worker RSS holding state for all rows (target ≤ 1 GiB) | {s['worker_rss_mb']} MiB |",
+            f"| worker RSS peak during the snapshot | {s.get('worker_rss_peak_mb', '–')} MiB |",
+            f"| worker CPU per row (connector created → all searchable) | {s.get('worker_cpu_us_per_row', '–')} µs |",
+            f"| Connect (Debezium) CPU per row (connector created → last record) "
+            f"| {s.get('connect_cpu_us_per_row', '–')} µs |",
+            f"| CPU (cores), connector created → Debezium's last record | {_cores(s, 'cores_until_debezium_done')} |",
+            f"| CPU (cores), connector created → all rows searchable | {_cores(s, 'cores_until_pipeline_done')} |",
+            f"| load average (1, 5, 15 min) at start / end | {_load(r, 'loadavg_start')} / {_load(r, 'loadavg_end')} |",
+            "",
+            "![snapshot](img/bench-snapshot.png)",
             "",
             f"### Recovery after kill -9 ({r['rows']:,} rows of state; {r['changed_rows']} rows changed while down)",
             "",
-            "| restart | first change searchable | all changes searchable (target ≤ 30 s) | RSS after |",
-            "|---|---|---|---|",
+            "| restart | first change searchable | all changes searchable | target | RSS after / peak |",
+            "|---|---|---|---|---|",
             f"| local state intact | {warm['first_change_visible_s']} s | {warm['all_changes_visible_s']} s "
-            f"| {warm['worker_rss_mb']} MiB |",
+            f"| ≤ 30 s | {warm['worker_rss_mb']} / {warm.get('worker_rss_peak_mb', '–')} MiB |",
             f"| data dir lost (state from the changelog) | {cold['first_change_visible_s']} s "
-            f"| {cold['all_changes_visible_s']} s | {cold['worker_rss_mb']} MiB |",
+            f"| {cold['all_changes_visible_s']} s | ≤ 60 s | {cold['worker_rss_mb']} / "
+            f"{cold.get('worker_rss_peak_mb', '–')} MiB |",
             "",
             "The restart time includes starting the Python process, joining the consumer group "
             "(the killed member's session must expire first: `session_timeout_s`, 15 s) and, for "
@@ -273,7 +329,13 @@ class SnapshotRecovery:
         ax.set_xlabel("seconds since the connector was created")
         ax.set_ylabel("rows")
         ax.set_title(f"Initial snapshot of {r['rows']:,} rows")
-        ax.legend()
+        ax.legend(loc="upper left")
+        samples = r["snapshot"]["samples"]
+        if samples and len(samples[0]) > 3:
+            rss_ax = ax.twinx()
+            rss_ax.plot(xs, [s[3] for s in samples], color="#999999", linestyle=":", label="worker RSS (MiB)")
+            rss_ax.set_ylabel("worker RSS, MiB")
+            rss_ax.legend(loc="lower right")
         fig.tight_layout()
         out = common.plot_path("snapshot")
         fig.savefig(out, dpi=90)

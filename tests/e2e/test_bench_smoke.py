@@ -127,6 +127,15 @@ def test_snapshot_recovery_smoke(require: Callable[[str], dict[str, Any]]) -> No
     assert [x["lose_disk"] for x in r["recovery"]] == [False, True]
     # Every restart got back to work: the changed rows became searchable.
     assert all(0 < x["first_change_visible_s"] <= x["all_changes_visible_s"] for x in r["recovery"])
+    # The figures the snapshot target needs: the peak RSS is one of the samples, the same run
+    # measured both sides' CPU, and the section renders them with the load averages.
+    assert s["worker_rss_peak_mb"] >= s["worker_rss_mb"] > 0
+    assert max(x[3] for x in s["samples"]) <= s["worker_rss_peak_mb"]
+    assert all(x["worker_rss_peak_mb"] >= x["worker_rss_mb"] > 0 for x in r["recovery"])
+    assert s["worker_cpu_us_per_row"] > 0 and s["connect_cpu_us_per_row"] > 0
+    assert len(r["loadavg_start"]) == len(r["loadavg_end"]) == 3
+    md = recovery.SnapshotRecovery.markdown(r)
+    assert f"| {s['worker_cpu_us_per_row']} µs |" in md and "≤ 60 s" in md
 
 
 def test_search_relevance_smoke(require: Callable[[str], dict[str, Any]]) -> None:
