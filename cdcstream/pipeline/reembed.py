@@ -343,12 +343,14 @@ class Vectors:
         running = self._running.get(alias)
         if running is not None and self.mirror.migrations.get(alias) is running[0]:
             return running[1]
+        if not self.mirror.loaded(alias):
+            # No index yet (or dropped with its profile): created by this write, with the
+            # settings' size.
+            self._serving.pop(alias, None)
+            return self.configured
         if alias not in self._serving:
-            if await self.mirror.es.indices.exists_alias(name=alias):
-                _, model, dims = await serving_model(self.mirror.es, alias)
-                self._serving[alias] = self._choice(model, dims)
-            else:
-                return self.configured  # created by this write, with the settings' size
+            _, model, dims = await serving_model(self.mirror.es, alias)
+            self._serving[alias] = self._choice(model, dims)
         return self._serving[alias]
 
     async def reembed(self, alias: str) -> Reembedding:

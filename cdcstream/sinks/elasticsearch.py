@@ -384,6 +384,11 @@ class EsMirror:
                     self._known[alias] = props
         return len(self.migrations)
 
+    def loaded(self, alias: str) -> bool:
+        """The index behind ``alias`` exists as far as this mirror knows (created or loaded,
+        not dropped by it)."""
+        return alias in self._known
+
     def migration_views(self) -> list[dict[str, Any]]:
         return [m.view() for m in self.migrations.values()]
 
