@@ -167,9 +167,11 @@ class Settings(BaseSettings):
     vault_auth_mount: str | None = Field(None, description="Auth mount path when not the method's default.")
     vault_ca_bundle: Path | None = Field(None, description="CA bundle for Vault's TLS certificate.")
     vault_verify: bool = Field(True, description="Verify Vault's TLS certificate (false only for a dev server).")
-    credentials_dir: Path = Field(Path(".stack/credentials"), description="Provider-mode credential files and "
-                                  "dynamic-credential lease state, one directory per connector (the Connect worker "
-                                  "must be able to read it).")
+    credentials_dir: Path = Field(Path("~/.local/state/cdcstream/credentials"),
+                                  description="Provider-mode credential files and dynamic-credential lease state, "
+                                  "one directory per connector (the Connect worker must be able to read it). `~` "
+                                  "expands; a relative path is taken from the directory the command runs in, so "
+                                  "give an absolute one.")
 
     # --- security -----------------------------------------------------------------------
     api_token: Any = Field(None, description="Secret reference of the `admin` bearer token (profile changes, "
@@ -192,6 +194,15 @@ class Settings(BaseSettings):
     @classmethod
     def _secret(cls, v: Any, info: Any) -> SecretRef | None:
         return _ref(v, info.field_name)
+
+    @field_validator("credentials_dir")
+    @classmethod
+    def _expand_home(cls, v: Path) -> Path:
+        # The connector config names this path (${dir:<path>:password}): it must mean the same
+        # directory for every command, wherever it runs (a default under the working directory
+        # made `delete --drop-slot` from another directory re-create the connector with a
+        # placeholder to nowhere, which Kafka Connect answered with HTTP 500).
+        return v.expanduser()
 
     @field_validator("embed_budget")
     @classmethod

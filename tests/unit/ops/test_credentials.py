@@ -10,7 +10,7 @@ import pytest
 from cdcstream.core.config import ConfigError, load_config
 from cdcstream.core.secrets import SecretRef
 from cdcstream.ops import debezium
-from cdcstream.ops.credentials import Credentials, CredentialStore, config_credentials, placeholders
+from cdcstream.ops.credentials import Credentials, CredentialStore, config_credentials, credentials_dir, placeholders
 from cdcstream.ops.kconnect import mask_config
 from cdcstream.ops.lifecycle import inline_credentials_finding
 
@@ -38,9 +38,21 @@ def test_a_secret_reference_defaults_to_provider_mode(tmp_path: Path) -> None:
     spec = _load(tmp_path).connectors[0]  # type: ignore[attr-defined]
     assert spec.credentials.mode is None and spec.credentials.vault_role is None
     assert spec.credential_mode == "provider"
-    d = (Path(".stack/credentials") / "orders").resolve()
+    d = Path.home() / ".local/state/cdcstream/credentials/orders"
     assert config_credentials(spec, Credentials("cdc", "pw")) == (f"${{dir:{d}:user}}", f"${{dir:{d}:password}}")
     assert inline_credentials_finding(spec) is None
+
+
+def test_regression_the_default_credentials_dir_does_not_depend_on_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug: the default was `.stack/credentials` made absolute from where a command ran; `connectors
+    delete --drop-slot` run from another directory re-created the connector (to reset its offsets)
+    with placeholders naming a directory that did not exist, and Kafka Connect answered HTTP 500."""
+    spec = _load(tmp_path).connectors[0]  # type: ignore[attr-defined]
+    here = config_credentials(spec, Credentials("cdc", "pw"))
+    monkeypatch.chdir(tmp_path)
+    assert config_credentials(spec, Credentials("cdc", "pw")) == here
+    assert credentials_dir(spec).is_absolute() and str(tmp_path) not in str(credentials_dir(spec))
 
 
 @pytest.mark.parametrize(("conn", "creds", "mode"), [
