@@ -16,6 +16,12 @@ HEARTBEAT_S = 1.0
 LIVE_WITHIN_S = 8.0
 
 
+def live_workers(pipe: Pipeline) -> dict[str, dict[str, Any]]:
+    """The workers whose heartbeat (``agents/control.py``) is fresh, by worker id."""
+    now = time.time()
+    return {w: v for w, v in pipe.tables.workers.items() if v and now - float(v.get("ts", 0)) < LIVE_WITHIN_S}
+
+
 async def request_profile(pipe: Pipeline, table_key: str, profile: ProcessingProfile, *, drop_index: bool = False,
                           timeout: float = 60.0) -> dict[str, Any]:
     """Send a profile change and wait until every live worker applied it."""
@@ -25,8 +31,7 @@ async def request_profile(pipe: Pipeline, table_key: str, profile: ProcessingPro
         "drop_index": drop_index})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        now = time.time()
-        live = {w: v for w, v in pipe.tables.workers.items() if v and now - float(v.get("ts", 0)) < LIVE_WITHIN_S}
+        live = live_workers(pipe)
         if live and all(int(v.get("applied", 0)) >= version for v in live.values()):
             return {"table": table_key, "profile": profile.value, "version": version, "workers": sorted(live)}
         await asyncio.sleep(0.2)

@@ -591,6 +591,15 @@ async def start_reembed(pipe: Pipeline, route: Route) -> dict[str, Any]:
     await pipe.ready()
     if pipe.vectors is None:
         raise HttpError(503, "re-embedding needs Elasticsearch and embeddings: elasticsearch_url and embed_url")
+    from cdcstream.runtime.control import live_workers
+
+    # Only this worker learns of the start; another one running now would keep writing the old
+    # generation while it is copied, and its changes would be missing after the swap.
+    others = sorted(w for w in live_workers(pipe) if w != pipe.worker_id)
+    if others:
+        raise HttpError(409, f"re-embedding runs on one worker, and {len(others)} other worker(s) are live "
+                             f"({', '.join(others)}): they would keep writing the old generation. Stop them, "
+                             f"re-embed, then start them again (docs/profiles.md)")
     try:
         mig = await pipe.vectors.reembed(route.chunks_alias)
     except NotFoundError:

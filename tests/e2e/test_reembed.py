@@ -191,3 +191,40 @@ def test_a_reembed_killed_mid_fill_is_resumed_by_the_restarted_worker(
         assert "resuming the re-embed" in p.worker_log()
         p.wait("row 5 found", found_by(p, TOPICS[4], "5"))
         assert dlq_records(p) == 0
+
+
+def test_a_reembed_is_refused_while_another_worker_runs(tmp_path: Path,
+                                                        require: Callable[[str], dict[str, Any]]) -> None:
+    """Only the worker that takes the request learns of a re-embed: a second one running then would
+    keep writing the old generation while it is copied, and its changes would be missing after the
+    swap. So the start is refused, naming the other worker, until it is stopped."""
+    from tests.support import free_port
+
+    with reembed_pipeline(tmp_path, require) as p:
+        embedded_at_384(p)
+        restart_at_256(p)
+        env2 = {**p.env, "CDCSTREAM_WEB_PORT": str(free_port()), "CDCSTREAM_DATA_DIR": str(tmp_path / "worker2")}
+        with (tmp_path / "worker2.log").open("ab") as log2:
+            w2 = subprocess.Popen([sys.executable, "-m", "cdcstream.cli", "worker"], env=env2, stdout=log2,
+                                  stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        url = f"http://127.0.0.1:{p.web_port}/api/tables/{p.connector}.public.articles/reembed"
+        auth = {"Authorization": f"Bearer {ADMIN}"}
+        try:
+            p.wait("two live workers", lambda: len([w for w in p.api("/api/workers")["workers"].values()
+                                                    if w.get("live")]) >= 2,
+                   timeout=120, retry_on=(*CONNECTION_ERRORS, KeyError))
+            r = requests.post(url, headers=auth, timeout=30)
+            assert r.status_code == 409 and "1 other worker(s) are live" in r.json()["error"], r.text
+            # The other one, named (host:port:pid of its worker process, a child of the supervisor).
+            assert f":{env2['CDCSTREAM_WEB_PORT']}:" in r.json()["error"], r.text
+        finally:
+            if w2.poll() is None:
+                os.killpg(w2.pid, signal.SIGTERM)
+                w2.wait(60)
+        # Once its heartbeat is stale, the same request starts the re-embed.
+        p.wait("the re-embed accepted with one worker left",
+               lambda: requests.post(url, headers=auth, timeout=30).status_code == 200, timeout=60)
+        second = chunk_generations(p)[0][:-6] + "000002"
+        p.wait("swapped", lambda: chunk_generations(p) == [second] and set(dims_of(p).values()) == {256},
+               timeout=120)
+        assert dlq_records(p) == 0
