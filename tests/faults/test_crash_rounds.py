@@ -102,6 +102,10 @@ def test_crash_points_and_random_kills_leave_no_drift(tmp_path: Path, require: C
         poisoned = asyncio.run(_poison(p.topic("orders")))
         for px in (pes, pemb, ps3):
             px.chaos(rng)
+        # And a sure fault or two for each, whatever the timing (a smoke run's object store once
+        # fell between all its windows: CI failure of 2026-12-05).
+        pes.fail_next(500, "reset")
+        ps3.fail_next(500, "reset")
         per_round = (changes - 100) // len(schedule)
         done = [_crash_round(f, point, rng, per_round) for point in schedule]
         for px in (pes, pemb, ps3):

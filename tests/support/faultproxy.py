@@ -44,6 +44,8 @@ class FaultProxy:
         # Elasticsearch client checks X-Elastic-Product).
         self.extra_headers = extra_headers or {}
         self.fault: int | str | None = None
+        # Faults for the next requests, whatever the windows say (see ``fail_next``).
+        self._queued: list[int | str] = []
         self.injected: Counter[str] = Counter()
         self.forwarded = 0
         self.windows: list[tuple[float, float, int | str]] = []
@@ -92,6 +94,12 @@ class FaultProxy:
         self._chaos = threading.Thread(target=run, name=f"faultproxy-{self.name}-chaos", daemon=True)
         self._chaos.start()
 
+    def fail_next(self, *faults: int | str) -> None:
+        """Answer the next ``len(faults)`` requests with these faults, in order. The random windows
+        are timed, and a service that is called in bursts (the object store, at archive cuts) can
+        fall between all of them in a short run: this makes sure each sees some."""
+        self._queued.extend(faults)
+
     def calm(self) -> None:
         """Stop the random faults (and any fault on)."""
         self._chaos_stop.set()
@@ -125,7 +133,7 @@ class FaultProxy:
             await session.close()
 
     async def _handle(self, request: web.Request, session: aiohttp.ClientSession) -> web.StreamResponse:
-        fault = self.fault
+        fault = self._queued.pop(0) if self._queued else self.fault
         if fault == "reset":
             self.injected["reset"] += 1
             if request.transport is not None:
