@@ -195,6 +195,13 @@ class ArchiveBuffer:
         for tp in list(self._plan):
             if tp in tps:
                 del self._plan[tp]
+        # An attempt open now must not bring them back: the revocation cancels it, and its
+        # rollback would otherwise restore the held events, which the new owner (this worker
+        # again, often) re-reads from the committed offset: archived twice.
+        if self._undo_seen is not None:
+            self._undo_seen = [u for u in self._undo_seen if u[0] not in tps]
+        for tp in tps:
+            self._undo_buf.pop(tp, None)
 
     def pending(self) -> dict[tuple[str, int], int]:
         """First buffered offset per topic-partition (not yet durable)."""

@@ -69,3 +69,20 @@ def test_leaving_the_archive_profile_cuts_the_tail() -> None:
     assert [(o.first_offset, o.last_offset, o.records) for o in objs] == [(0, 2, 3)]
     assert buf.pending() == {}
     assert buf.cut_topics({"other"}) == []
+
+
+def test_regression_a_rollback_after_a_revocation_does_not_restore_the_revoked_buffer() -> None:
+    """Bug (found by the deep fault run, archive 'archived-twice'): a revocation cancels the batch's
+    attempt; its rollback restored the revoked partition's held events, which the partition's next
+    owner (this worker again) re-read from the committed offset, so they were archived twice."""
+    buf = ArchiveBuffer(max_records=4)
+    run(buf, range(0, 2))  # held: offsets 0, 1 of partition 0
+    buf.add(ev(0, partition=1))
+    buf.begin()
+    run(buf, range(2, 3))
+    buf.drop_partitions({("topic", 0)})  # the revocation, while the attempt is open
+    buf.rollback()  # the cancelled attempt
+    assert buf.pending() == {("topic", 1): 0}  # partition 1 as before the attempt; partition 0 gone
+    # Re-read from the committed offset (0): each event once, none taken for a re-send.
+    again = run(buf, range(0, 4))
+    assert [c[1:] for c in again] == [(0, 3)]
