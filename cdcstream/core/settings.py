@@ -70,7 +70,8 @@ class Settings(BaseSettings):
     config: Path = Field(Path("cdcstream.yaml"), description="The connectors/tables YAML file.")
     broker: str = Field("kafka://127.0.0.1:9092", description="Kafka bootstrap servers (kafka://host:port;...).")
     store: str = Field("rocksdb://", description="Faust table store: rocksdb:// (durable local cache) or memory://.")
-    data_dir: Path = Field(Path(".stack/worker"), description="Where RocksDB and Faust keep local state.")
+    data_dir: Path = Field(Path(".stack/worker"), description="Where RocksDB and Faust keep local state "
+                                                              "(one directory per app id below it).")
     web_host: str = Field("127.0.0.1", description="Status pages and API bind address. Anything but loopback "
                           "requires a token for every endpoint except /healthz; without one the worker refuses "
                           "to start.")

@@ -30,7 +30,11 @@ def create_app(settings: Settings, config: Config, existing_topics: set[str] | N
         s.app_id,
         broker=s.broker,
         store=s.store,
-        datadir=str(s.data_dir),
+        # One directory per app id: Faust names its table stores by table only (rows-0.db), so
+        # two apps sharing data_dir read each other's offsets ("persisted offset ... is higher
+        # than the last offset in that topic"; `cdcstream demo` crashed on a machine that had
+        # run another app id).
+        datadir=str(s.data_dir / s.app_id),
         web_host=s.web_host,
         # Faust binds 0.0.0.0 unless told: web_host is documented as the bind address.
         web_bind=s.web_host,

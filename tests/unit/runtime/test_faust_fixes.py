@@ -202,3 +202,12 @@ def test_building_the_app_leaves_fausts_consumer_classes_unmodified(tmp_path: Pa
     # And a plain Faust app still gets Faust's own consumer.
     plain = faust.App("fix-test-plain", broker="kafka://127.0.0.1:1", store="memory://")
     assert type(plain.consumer) is aiokafka_driver.Consumer
+
+
+def test_regression_each_app_id_keeps_its_state_in_its_own_directory(tmp_path: Path) -> None:
+    """Bug: every app id shared `data_dir` and Faust names table stores by table only (rows-0.db), so a
+    worker of a new app id read another app's persisted changelog offsets and crashed at recovery
+    ("persisted offset ... is higher than the last offset in that topic")."""
+    a, _ = create_app(settings(tmp_path), Config())
+    b, _ = create_app(settings(tmp_path).model_copy(update={"app_id": "other-app"}), Config())
+    assert Path(a.conf.datadir) == tmp_path / "fix-test" and Path(b.conf.datadir) == tmp_path / "other-app"
