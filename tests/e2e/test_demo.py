@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -24,7 +23,7 @@ import requests
 
 from cdcstream.ops.demo import DEMO_DB, DEMO_PASSWORD
 from cdcstream.ops.kconnect import ConnectClient
-from tests.e2e.harness import ROOT
+from tests.e2e.harness import ROOT, stop_process
 from tests.support import CONNECTION_ERRORS, free_port, removal_spec, teardown_connector, topics_starting, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -69,7 +68,7 @@ def test_make_run_mirrors_the_demo_database(tmp_path: Path, require: Callable[[s
     log = tmp_path / "demo.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "cdcstream.cli", "demo"], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
         def tables() -> dict[str, Any]:
             assert proc.poll() is None, log.read_text(errors="replace")[-4000:]
@@ -95,13 +94,7 @@ def test_make_run_mirrors_the_demo_database(tmp_path: Path, require: Callable[[s
         assert all(status[n]["dlq"] == 0 for n in status), status
         assert requests.get(f"http://127.0.0.1:{port}/status", timeout=10).status_code == 200
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(30)
+        stop_process(proc)  # the supervisor and its worker: one process group
         teardown_connector(removal_spec(CONNECTOR, "postgres", DEMO_DB, port=5432),
                            also_topics=topics_starting(app_id))
         _drop_indices(es)
