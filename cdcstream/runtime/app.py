@@ -60,6 +60,9 @@ def create_app(settings: Settings, config: Config, existing_topics: set[str] | N
         broker_session_timeout=s.session_timeout_s,
         broker_heartbeat_interval=min(3.0, s.session_timeout_s / 3),
         broker_max_poll_records=s.read_ahead,
+        # Row-state writes leave in batches instead of one produce request each (issue 19).
+        producer_linger=s.changelog_linger_s,
+        producer_max_batch_size=256 * 1024,
     )
     # Before anything builds the consumer (tables, agents): the aiokafka transport whose
     # consumer is faust_fixes.FixedConsumer; Faust's own classes stay as they are.
