@@ -8,9 +8,9 @@ OPS = ("c", "u", "d", "r", "t")
 
 
 #: Counters kept per table by the agents (cdcstream/pipeline/processor.py, agents/changes.py).
-COUNTERS = ("stale", "index_ops", "version_conflicts", "chunks", "chunks_reused", "embed_requests", "embed_inputs",
-            "embed_tokens", "embed_queued", "embed_dequeued", "tokens_saved", "toast_filled", "toast_from_mirror",
-            "toast_missing", "dlq", "duplicates", "truncated_docs")
+COUNTERS = ("stale", "coalesced", "index_ops", "version_conflicts", "chunks", "chunks_reused", "embed_requests",
+            "embed_inputs", "embed_tokens", "embed_queued", "embed_dequeued", "tokens_saved", "toast_filled",
+            "toast_from_mirror", "toast_missing", "dlq", "duplicates", "truncated_docs")
 
 
 def merge_counters(into: Mapping[str, int], delta: Mapping[str, int]) -> dict[str, int]:

@@ -124,10 +124,15 @@ class BatchProcessor:
         table_profiles: dict[str, ProcessingProfile] = {}
         truncated: dict[str, int] = {}
 
+        # Row key -> its state before this batch: what the index holds for the row, since only
+        # the newest change per row in a batch writes to the index (coalescing, below).
+        before: dict[str, RowState | None] = {}
+        applied: dict[int, str] = {}  # event index -> row key, for the changes applied to row state
+
         def state_of(rk: str) -> RowState | None:
             if rk in seen:
                 return seen[rk]
-            return get_state(rk)
+            return before.setdefault(rk, get_state(rk))
 
         for i, ev in enumerate(events):
             if ev is None:
@@ -170,8 +175,9 @@ class BatchProcessor:
             if ev.op is Op.DELETE:
                 new_state.deleted, new_state.deleted_at_ms = True, now_ms
                 index_ops.append(IndexOp("delete", route.alias, ev.doc_id, ev.position.version, ref=i))
-                if profile.embeds and state is not None:
-                    for col, hashes in state.chunks.items():
+                indexed = before.get(rk)
+                if profile.embeds and indexed is not None:
+                    for col, hashes in indexed.chunks.items():
                         for n in range(len(hashes)):
                             index_ops.append(IndexOp("delete", route.chunks_alias, chunk_id(ev.doc_id, col, n),
                                                      ev.position.version, ref=i))
@@ -196,14 +202,31 @@ class BatchProcessor:
                     schema_at[route.alias] = ev.position.version
                 index_ops.append(IndexOp("index", route.alias, ev.doc_id, ev.position.version, ref=i))
                 if profile.embeds:
-                    full_rows.append((i, ev, route, state))
+                    # The chunks to replace are those in the index, not an earlier change's of this batch.
+                    full_rows.append((i, ev, route, before.get(rk)))
             seen[rk] = new_state
+            applied[i] = rk
             # Every applied change writes its row state, index_only included. Writing only delete
             # markers and TOAST changes (issue 19, lever 1: -28% CPU) let the deeper fault rounds
             # (10,000 changes, 12 kills, injected sink faults) end with 3 and 23 deleted rows back
             # in the mirror; with every state written the same run was clean. Replays must be stale
             # here, not left to Elasticsearch's external versions (whose tombstones expire after 60 s).
             out.states[rk] = (new_state, i)
+
+        # Coalescing: of a row's changes in this batch only the newest reaches the index and the
+        # embeddings API (the earlier ones still chain its row state: TOAST values, staleness).
+        # Elasticsearch's external versions would end at the same documents, after indexing each
+        # superseded one and embedding its text: TPC-B updates a branch row and ten teller rows
+        # in every transaction, so most of a busy batch is superseded (docs/benchmarks.md).
+        superseded = {i for i, rk in applied.items() if out.states[rk][1] != i}
+        if superseded:
+            for i in superseded:
+                ev_s = events[i]
+                assert ev_s is not None
+                out.count(ev_s, "coalesced")
+            index_ops = [op for op in index_ops if op.ref not in superseded]
+            full_rows = [r for r in full_rows if r[0] not in superseded]
+            toast_missing = [t for t in toast_missing if t[0] not in superseded]
 
         if self.archive is not None:
             for obj in out.flushed:

@@ -17,6 +17,7 @@ class MemoryMirror:
     def __init__(self) -> None:
         self.docs: dict[tuple[str, str], tuple[int, dict[str, Any] | None]] = {}
         self.mappings: dict[str, dict[str, Any]] = {}
+        self.writes: list[tuple[str, str, str]] = []  # (action, index, id) of every op applied
 
     async def ensure_index(self, alias: str, mapping: dict[str, Any], settings: Any = None, version: int = 0) -> None:
         self.mappings[alias] = mapping
@@ -24,6 +25,7 @@ class MemoryMirror:
     async def apply(self, ops: list[IndexOp]) -> BulkResult:
         r = BulkResult()
         for op in ops:
+            self.writes.append((op.action, op.index, op.id))
             cur = self.docs.get((op.index, op.id))
             if cur is not None and cur[0] >= op.version:
                 r.conflicts += 1

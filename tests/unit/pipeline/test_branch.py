@@ -125,3 +125,39 @@ async def test_profile_decides_the_branch() -> None:
     evs = events("01_snapshot_00")
     out = await h.proc.process(evs, lambda e: ProcessingProfile.ARCHIVE, lambda rk: None, now_ms=0)
     assert out.held == [0] and not h.es.docs
+
+
+async def test_changes_to_one_row_in_a_batch_write_the_newest_only() -> None:
+    # Coalescing (issue 19): the insert and the TOAST-placeholder update of row 2000 in one
+    # batch are one bulk item; the update's placeholder is still filled from the insert.
+    h = Harness()
+    out = await h.run(events("07_insert_toasted_00", "08_update_toast_default_identity_00"))
+    doc = h.es.live(ALIAS)["2000"]
+    assert len(doc["notes"]) == 8000 and doc["name"] == "Toast Tester v2"
+    assert h.es.writes == [("index", ALIAS, "2000")]
+    stats = out.stats[("dbserver1/inventory/public/customers", 0)]
+    assert stats["coalesced"] == 1 and stats["index_ops"] == 1 and stats["toast_filled"] == 1
+    assert h.rows["dbserver1/inventory/public/customers|2000"]["v"] == events("08_update_toast_default_identity_00")[
+        0].position.version  # type: ignore[union-attr]
+
+
+async def test_pk_change_in_one_batch_moves_the_document() -> None:
+    h = Harness()
+    await h.run(events("01_snapshot_00", "01_snapshot_01", "01_snapshot_02",
+                       "05_update_pk_customer_00", "05_update_pk_customer_01", "05_update_pk_customer_02"))
+    assert set(h.es.live(ALIAS)) == {"1", "2", "1003"}
+    # Row 3's snapshot insert is superseded by its delete: one bulk item (the delete) for it.
+    assert [w for w in h.es.writes if w[2] == "3"] == [("delete", ALIAS, "3")]
+
+
+async def test_coalescing_keeps_a_newer_change_than_a_late_stale_one() -> None:
+    # The newest *applied* change is written: a replayed older insert later in the batch is
+    # stale and does not supersede the update before it.
+    h = Harness()
+    await h.run(events("02_insert_customer_00"))
+    h.es.writes.clear()
+    out = await h.run(events("04_update_customer_00", "02_insert_customer_00"))
+    stats = out.stats[("dbserver1/inventory/public/customers", 0)]
+    assert stats["stale"] == 1 and stats.get("coalesced", 0) == 0
+    assert h.es.writes == [("index", ALIAS, "1001")]
+    assert h.es.live(ALIAS)["1001"]["email"] == "anne@example.org"
