@@ -20,6 +20,7 @@ before timing starts (a warm-up row must be searchable first).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import tempfile
@@ -48,7 +49,8 @@ class Latency:
 
     @staticmethod
     def run(size: str, events: int | None = None) -> dict[str, Any]:
-        rate = 500 if size == "full" else 50
+        # Variants (reported as such): BENCH_LATENCY_RATE sets the write rate (issue 19 asks for 2,000/s too).
+        rate = int(os.environ.get("BENCH_LATENCY_RATE") or (500 if size == "full" else 50))
         n = events or (rate * 60 if size == "full" else rate * 5)
         runs = 3 if size == "full" else 1
         st = common.stack()
@@ -87,10 +89,16 @@ def _one_run(st: dict[str, Any], rate: int, n: int) -> dict[str, Any]:
     if os.environ.get("BENCH_LATENCY_REFRESH"):
         table["index_settings"] = {"refresh_interval": os.environ["BENCH_LATENCY_REFRESH"]}
     tables = [table]
+    # BENCH_LATENCY_POLL_MS sets Debezium's poll.interval.ms (its default: 500 ms).
+    poll_ms = os.environ.get("BENCH_LATENCY_POLL_MS")
     with tempfile.TemporaryDirectory(prefix="bench-") as d, pipeline(Path(d), st["postgres"], st["elasticsearch"],
                                                                       st["embeddings"], tables) as p:
         app_id = p.env["CDCSTREAM_APP_ID"]
         common.production_worker_env(p.env)
+        if poll_ms:
+            cfg = json.loads(p.config_path.read_text())
+            cfg["connectors"][0]["extra"] = {"poll.interval.ms": poll_ms}
+            p.config_path.write_text(json.dumps(cfg))
         try:
             p.apply()
             p.start_worker()
