@@ -132,7 +132,9 @@ class BatchProcessor:
         def state_of(rk: str) -> RowState | None:
             if rk in seen:
                 return seen[rk]
-            return before.setdefault(rk, get_state(rk))
+            if rk not in before:
+                before[rk] = get_state(rk)
+            return before[rk]
 
         for i, ev in enumerate(events):
             if ev is None:
