@@ -92,3 +92,14 @@ def test_duplicate_prefix(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="topic prefix shop-pg is used by two connectors"):
         load_config(write(tmp_path, GOOD.replace("    server_id: 5401\n", "    server_id: 5401\n"
                                                  "    topic_prefix: shop-pg\n")))
+
+
+def test_the_latency_recipe_in_the_operations_doc_loads(tmp_path: Path) -> None:
+    """docs/operations.md, "Latency": its example is a valid config with the settings it names."""
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "operations.md").read_text()
+    section = doc.split("## Latency: searchable within a second", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    cfg = load_config(write(tmp_path, example))
+    conn = cfg.connectors[0]
+    assert conn.extra == {"poll.interval.ms": "100"}
+    assert conn.tables[0].index_settings is not None and conn.tables[0].index_settings.refresh_interval == "200ms"
