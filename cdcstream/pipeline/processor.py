@@ -227,7 +227,10 @@ class BatchProcessor:
                 assert ev_s is not None
                 out.count(ev_s, "coalesced")
             index_ops = [op for op in index_ops if op.ref not in superseded]
+            dropped = [r for r in full_rows if r[0] in superseded]
             full_rows = [r for r in full_rows if r[0] not in superseded]
+            if dropped:
+                await self._count_coalesced_tokens(dropped, out)
             toast_missing = [t for t in toast_missing if t[0] not in superseded]
 
         if self.archive is not None:
@@ -361,6 +364,23 @@ class BatchProcessor:
             "row": {"properties": row_props}, **QUEUE_FIELDS,
             META: {"properties": {"version": {"type": "long"}, "table": {"type": "keyword"}}},
         }}
+
+    async def _count_coalesced_tokens(self, rows: list[tuple[int, ChangeEvent, Route, RowState | None]],
+                                      out: Outcome) -> None:
+        """Tokens a re-embed-every-change pipeline would have sent for changes coalesced away:
+        money saved, counted like unchanged chunks (``tokens_saved``)."""
+        if self.chunker is None:
+            return
+        for _i, ev, route, _old in rows:
+            assert ev.after is not None
+            for col in route.table.text_columns:
+                v = ev.after.get(col)
+                text = v if isinstance(v, str) else None
+                if text is not None and len(text) > BIG_TEXT_CHARS:
+                    chunks = await asyncio.get_running_loop().run_in_executor(None, self.chunker.chunk, col, text)
+                else:
+                    chunks = self.chunker.chunk(col, text)
+                out.count(ev, "tokens_saved", sum(c.tokens for c in chunks))
 
     async def _chunk_and_embed(self, rows: list[tuple[int, ChangeEvent, Route, RowState | None]],
                                out: Outcome, dims_of: dict[str, int | None]) -> list[IndexOp]:

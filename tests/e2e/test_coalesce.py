@@ -49,6 +49,7 @@ def test_regression_grow_then_shrink_in_one_batch_leaves_no_stale_chunks(
         p.wait("seed rows", lambda: "1" in p.docs("orders") and len(p.docs("articles", chunks=True)) == 1,
                timeout=180)
         embed_before = p.embed_stats()
+        saved_before = _counters(p, "articles").get("tokens_saved", 0)
         indexed_before = _index_total(p, "orders")
         grown = " ".join(f"run {p.tag} paragraph {i} has words {i * 7} and more words {i * 13}." for i in range(80))
         # Without parameters psycopg sends the statements as one simple query: one transaction.
@@ -66,4 +67,8 @@ def test_regression_grow_then_shrink_in_one_batch_leaves_no_stale_chunks(
         indexed = _index_total(p, "orders") - indexed_before
         assert 1 <= indexed <= 3, indexed  # 30 without coalescing (one batch here, rarely 2-3)
         p.wait("counters", lambda: _counters(p, "orders").get("coalesced", 0) >= 27, retry_on=API_NOT_YET)
-        assert _counters(p, "articles")["coalesced"] >= 1
+        articles = _counters(p, "articles")
+        assert articles["coalesced"] >= 1
+        # The grown text's tokens (~1,500 cl100k) count as saved: money a re-embed-every-change
+        # pipeline would have spent.
+        assert articles["tokens_saved"] - saved_before >= 1000, articles
