@@ -216,6 +216,9 @@ def _run_workers(tmp: Path, app_id: str, env: dict[str, str], progress: Callable
             return {"stalled": True, "stalled_at_progress": e.progress, "stalled_at_s": round(e.at_s, 1),
                     "stall_s": stall_s, "wall_rate": None, "steady_rate": None,
                     "committed_offsets": asyncio.run(_committed(app_id)), **_worker_counters(procs[0])}
+        # Every worker's CPU from its start to the final state (start-up and rebalances included):
+        # how the work spreads over the workers, and what it costs in all.
+        cpu_each = [round(common.cpu_seconds(w.proc.pid), 2) if w.proc else 0.0 for w in procs]
         counters = _worker_counters(procs[0])
         if profile_s:
             th.join(profile_s + 90)
@@ -227,7 +230,8 @@ def _run_workers(tmp: Path, app_id: str, env: dict[str, str], progress: Callable
     finally:
         for w in procs:
             w.stop()
-    out = {**_rates(records, vis, units_are_records), **counters}
+    out = {**_rates(records, vis, units_are_records), **counters, "cpu_s_per_worker": cpu_each,
+           "cpu_us_per_record_whole_run": round(sum(cpu_each) * 1e6 / records, 1)}
     if workers == 1:
         out["cpu_us_per_record"] = meter.us_per_record(_steady_records(records, vis, units_are_records))
     if profile:
@@ -297,6 +301,7 @@ def _scenario(kind: str, size: str, events: int | None) -> dict[str, Any]:
         base_runs: list[dict[str, Any]] = []
         cdc_runs: list[dict[str, Any]] = []
         two_runs: list[dict[str, Any]] = []
+        four_runs: list[dict[str, Any]] = []
         with tempfile.TemporaryDirectory(prefix="bench-") as d:
             tmp = Path(d)
             for r in range(runs):
@@ -329,19 +334,21 @@ def _scenario(kind: str, size: str, events: int | None) -> dict[str, Any]:
                                                                                                       "es://"))
                     cdc = partial(_run_workers, tmp, app_id, env, _es_progress(es, cdc_index, exp), exp.records)
                     if kind == "scale":
-                        # One worker vs two workers of one app (a second app id, so it starts from offset 0).
-                        app2 = f"{prefix}-r{r}-two"
-                        groups.append(app2)
-                        cfg2 = tmp / f"{app2}.json"
-                        idx2 = f"{prefix}-two-r{r}"
-                        common.worker_config(cfg2, app2, prefix, [{"name": "public.orders", "profile": "index_only",
-                                                                   "index": idx2}])
-                        env2 = {**env, "CDCSTREAM_APP_ID": app2, "CDCSTREAM_CONFIG": str(cfg2)}
+                        # One worker vs two and four workers of one app (an app id each, so each
+                        # starts from offset 0).
                         # A stall (no progress for 90 s) ends a run with a recorded result instead of
                         # waiting out the timeout: it happened with two workers (see docs/benchmarks.md).
-                        order = [("one", partial(cdc, stall_s=90)),
-                                 ("two", partial(_run_workers, tmp, app2, env2, _es_progress(es, idx2, exp),
-                                                 exp.records, workers=2, stall_s=90))]
+                        order = [("one", partial(cdc, stall_s=90))]
+                        for name, count in (("two", 2), ("four", 4)):
+                            app_n = f"{prefix}-r{r}-{name}"
+                            groups.append(app_n)
+                            cfg_n = tmp / f"{app_n}.json"
+                            idx_n = f"{prefix}-{name}-r{r}"
+                            common.worker_config(cfg_n, app_n, prefix, [{"name": "public.orders",
+                                                                         "profile": "index_only", "index": idx_n}])
+                            env_n = {**env, "CDCSTREAM_APP_ID": app_n, "CDCSTREAM_CONFIG": str(cfg_n)}
+                            order.append((name, partial(_run_workers, tmp, app_n, env_n, _es_progress(es, idx_n, exp),
+                                                        exp.records, workers=count, stall_s=90)))
                     else:
                         # The worker creates its index with 1 shard, 0 replicas: so does the baseline.
                         es.req("PUT", f"/{base_index}", {"settings": {"number_of_shards": 1,
@@ -357,7 +364,8 @@ def _scenario(kind: str, size: str, events: int | None) -> dict[str, Any]:
                     print(f"run {r + 1}/{runs} {name}: {res.get('steady_rate')} rec/s steady, "
                           f"{res['wall_rate']} rec/s wall{' STALLED' if res.get('stalled') else ''}",
                           file=sys.stderr)
-                    {"base": base_runs, "cdc": cdc_runs, "one": cdc_runs, "two": two_runs}[name].append(res)
+                    {"base": base_runs, "cdc": cdc_runs, "one": cdc_runs, "two": two_runs,
+                     "four": four_runs}[name].append(res)
             if kind == "archive":
                 assert s3 is not None
                 result["archived_lines"] = {"baseline": s3.lines(f"{prefix}/base-r0"),
@@ -366,15 +374,20 @@ def _scenario(kind: str, size: str, events: int | None) -> dict[str, Any]:
         if kind == "scale":
             result["one_worker"] = cdc_runs
             result["two_workers"] = two_runs
+            result["four_workers"] = four_runs
             # Medians over the runs that completed; stalled runs are counted and shown separately.
-            result["stalled_runs"] = {"one": sum(1 for x in cdc_runs if x.get("stalled")),
-                                      "two": sum(1 for x in two_runs if x.get("stalled"))}
-            for key in ("wall_rate", "steady_rate"):
-                one = median([x[key] for x in cdc_runs])
-                two = median([x[key] for x in two_runs])
-                result[f"median_one_{key}"] = one
-                result[f"median_two_{key}"] = two
-                result[f"speedup_{key}"] = round(two / one, 3) if one and two else None
+            by = {"one": cdc_runs, "two": two_runs, "four": four_runs}
+            result["stalled_runs"] = {k: sum(1 for x in v if x.get("stalled")) for k, v in by.items()}
+            for key in ("wall_rate", "steady_rate", "cpu_us_per_record_whole_run"):
+                for k, v in by.items():
+                    result[f"median_{k}_{key}"] = median([x.get(key) for x in v])
+            for k in ("two", "four"):
+                for key in ("wall_rate", "steady_rate"):
+                    one, n = result[f"median_one_{key}"], result[f"median_{k}_{key}"]
+                    result[f"speedup_{k}_{key}"] = round(n / one, 3) if one and n else None
+            # Older key names, kept for results already written.
+            result["speedup_steady_rate"] = result["speedup_two_steady_rate"]
+            result["speedup_wall_rate"] = result["speedup_two_wall_rate"]
         else:
             result["baseline"] = base_runs
             result["cdcstream"] = cdc_runs
@@ -496,21 +509,36 @@ class ScaleOut:
                         f"committed offsets {offs})")
             return f"{x['steady_rate']:.0f} steady / {x['wall_rate']:.0f} wall"
 
-        st = r.get("stalled_runs", {"one": 0, "two": 0})
+        st = r.get("stalled_runs", {"one": 0, "two": 0, "four": 0})
         ends = ", ".join(f"p{p}={n}" for p, n in sorted(r.get("partition_ends", {}).items()))
+        kinds = [k for k in ("one", "two", "four") if r.get(f"{k}_worker" if k == "one" else f"{k}_workers")]
+        runs_of = {k: r[f"{k}_worker" if k == "one" else f"{k}_workers"] for k in kinds}
+        heads = {"one": "one worker", "two": "two workers", "four": "four workers"}
+
+        def cpu_txt(x: dict[str, Any]) -> str:
+            each = x.get("cpu_s_per_worker")
+            return " + ".join(f"{c:.1f}" for c in each) + " s" if each else "n/a"
+
         rows = [
-            f"### Scale-out: one vs two workers ({r['size']}: {r['records']} records, {r['partitions']} partitions, "
-            f"index_only; median of the completed runs out of {r['runs']})", "",
-            "| measure (median of completed runs) | one worker | two workers | two / one |", "|---|---|---|---|",
-            f"| steady rate (records/s) | {rate(r['median_one_steady_rate'])} | "
-            f"{rate(r['median_two_steady_rate'])} | {speed(r['speedup_steady_rate'])} |",
-            f"| wall rate incl. start-up (records/s) | {rate(r['median_one_wall_rate'])} | "
-            f"{rate(r['median_two_wall_rate'])} | {speed(r['speedup_wall_rate'])} |",
-            f"| runs that stalled | {st['one']} of {r['runs']} | {st['two']} of {r['runs']} | |",
+            f"### Scale-out: one vs {' vs '.join(heads[k].split()[0] for k in kinds[1:])} workers ({r['size']}: "
+            f"{r['records']} records, {r['partitions']} partitions, index_only; median of the completed runs out of "
+            f"{r['runs']})", "",
+            "| measure (median of completed runs) | " + " | ".join(heads[k] for k in kinds) + " |",
+            "|---|" + "---|" * len(kinds),
+            "| steady rate (records/s) | " + " | ".join(
+                rate(r.get(f"median_{k}_steady_rate")) + (f" ({speed(r.get(f'speedup_{k}_steady_rate'))})"
+                                                          if k != "one" else "") for k in kinds) + " |",
+            "| wall rate incl. start-up (records/s) | " + " | ".join(
+                rate(r.get(f"median_{k}_wall_rate")) + (f" ({speed(r.get(f'speedup_{k}_wall_rate'))})"
+                                                        if k != "one" else "") for k in kinds) + " |",
+            "| CPU per record, all workers, start → final state (µs) | " + " | ".join(
+                rate(r.get(f"median_{k}_cpu_us_per_record_whole_run")) for k in kinds) + " |",
+            "| runs that stalled | " + " | ".join(f"{st.get(k, 0)} of {r['runs']}" for k in kinds) + " |",
             "",
-            "Per run (records/s): " + "; ".join(
-                f"run {i + 1}: one worker {run_txt(a)}, two workers {run_txt(b)}"
-                for i, (a, b) in enumerate(zip(r["one_worker"], r["two_workers"], strict=True))) + ".",
+            "Per run (records/s steady / wall; CPU seconds of each worker, start → final state): " + "; ".join(
+                f"run {i + 1}: " + ", ".join(f"{heads[k]} {run_txt(runs_of[k][i])} ({cpu_txt(runs_of[k][i])})"
+                                             for k in kinds if i < len(runs_of[k]))
+                for i in range(r["runs"])) + ".",
             f"Partition end offsets: {ends}." if ends else "",
             "",
             "![scale-out](img/bench-scale-out.png)", "",
@@ -522,10 +550,12 @@ class ScaleOut:
         plt = common.pyplot()
         path = common.plot_path("scale-out")
         fig, ax = plt.subplots(figsize=(6, 3.2))
-        labels = ["one worker", "two workers"]
-        vals = [r["median_one_steady_rate"] or 0, r["median_two_steady_rate"] or 0]
-        ax.bar(labels, vals, color=["#4c72b0", "#55a868"])
-        for i, runs in enumerate((r["one_worker"], r["two_workers"])):
+        kinds = [k for k in ("one", "two", "four") if r.get(f"{k}_worker" if k == "one" else f"{k}_workers")]
+        labels = [f"{k} worker{'s' if k != 'one' else ''}" for k in kinds]
+        vals = [r.get(f"median_{k}_steady_rate") or 0 for k in kinds]
+        ax.bar(labels, vals, color=["#4c72b0", "#55a868", "#dd8452"][:len(kinds)])
+        for i, k in enumerate(kinds):
+            runs = r[f"{k}_worker" if k == "one" else f"{k}_workers"]
             done = [x["steady_rate"] for x in runs if x.get("steady_rate")]
             ax.scatter([i] * len(done), done, color="black", s=12, zorder=3)
             stalled = sum(1 for x in runs if x.get("stalled"))

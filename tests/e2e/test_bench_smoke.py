@@ -72,13 +72,17 @@ def test_scale_out_smoke(require: Callable[[str], dict[str, Any]]) -> None:
     r = throughput.ScaleOut.run("smoke")
     assert r["records_in_topic"] == r["records"]
     assert sum(int(n) for n in r["partition_ends"].values()) == r["records"]
-    for run in (*r["one_worker"], *r["two_workers"]):
+    assert len(r["four_workers"]) == r["runs"]
+    for run in (*r["one_worker"], *r["two_workers"], *r["four_workers"]):
         if run.get("stalled"):
             # A stall is a result the benchmark reports (with Kafka's committed offsets), not a crash.
             assert run["committed_offsets"] and run["stalled_at_s"] > 0
         else:
             _rates_sane(run)
-    assert r["stalled_runs"]["one"] + r["stalled_runs"]["two"] <= r["runs"] * 2
+            # Each worker process's CPU, and all of them together per record.
+            assert len(run["cpu_s_per_worker"]) in (1, 2, 4) and all(c > 0 for c in run["cpu_s_per_worker"])
+            assert run["cpu_us_per_record_whole_run"] > 0
+    assert sum(r["stalled_runs"].values()) <= r["runs"] * 3
 
 
 def test_chunking_smoke() -> None:
