@@ -372,15 +372,22 @@ class BatchProcessor:
         if self.chunker is None:
             return
         for _i, ev, route, _old in rows:
-            assert ev.after is not None
-            for col in route.table.text_columns:
-                v = ev.after.get(col)
-                text = v if isinstance(v, str) else None
-                if text is not None and len(text) > BIG_TEXT_CHARS:
-                    chunks = await asyncio.get_running_loop().run_in_executor(None, self.chunker.chunk, col, text)
-                else:
-                    chunks = self.chunker.chunk(col, text)
-                out.count(ev, "tokens_saved", sum(c.tokens for c in chunks))
+            out.count(ev, "tokens_saved", sum(c.tokens for c in await self._chunks_of(ev, route)))
+
+    async def _chunks_of(self, ev: ChangeEvent, route: Route) -> list[Chunk]:
+        """The chunks of a row's text columns, in column order."""
+        assert self.chunker is not None and ev.after is not None
+        chunks: list[Chunk] = []
+        for col in route.table.text_columns:
+            v = ev.after.get(col)
+            text = v if isinstance(v, str) else None
+            if text is not None and len(text) > BIG_TEXT_CHARS:
+                # Tokenizing megabytes takes seconds: off the event loop, so heartbeats
+                # and the web pages keep going.
+                chunks += await asyncio.get_running_loop().run_in_executor(None, self.chunker.chunk, col, text)
+            else:
+                chunks += self.chunker.chunk(col, text)
+        return chunks
 
     async def _chunk_and_embed(self, rows: list[tuple[int, ChangeEvent, Route, RowState | None]],
                                out: Outcome, dims_of: dict[str, int | None]) -> list[IndexOp]:
@@ -413,18 +420,7 @@ class BatchProcessor:
         plan: list[tuple[int, ChangeEvent, Route, list[Chunk], RowState | None]] = []
         model = embedder.model
         for i, ev, route, old in rows:
-            assert ev.after is not None
-            chunks: list[Chunk] = []
-            for col in route.table.text_columns:
-                v = ev.after.get(col)
-                text = v if isinstance(v, str) else None
-                if text is not None and len(text) > BIG_TEXT_CHARS:
-                    # Tokenizing megabytes takes seconds: off the event loop, so heartbeats
-                    # and the web pages keep going.
-                    loop = asyncio.get_running_loop()
-                    chunks += await loop.run_in_executor(None, self.chunker.chunk, col, text)
-                else:
-                    chunks += self.chunker.chunk(col, text)
+            chunks = await self._chunks_of(ev, route)
             plan.append((i, ev, route, chunks, old))
             new_state = out.states[row_key(ev.table, ev.doc_id)][0]
             new_state.chunks = {}
