@@ -64,7 +64,7 @@ def credentials_dir(spec: ConnectorSpec, base: Path | None = None) -> Path:
         from cdcstream.core.settings import Settings
 
         base = Settings().credentials_dir
-    return (base.expanduser() / spec.name).resolve()
+    return (base / spec.name).resolve()
 
 
 def placeholders(spec: ConnectorSpec) -> tuple[str, str]:
