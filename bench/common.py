@@ -24,6 +24,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -564,6 +565,33 @@ PROFILE_BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("Faust streams/agents/acks, mode services", ("faust/", "mode/")),
     ("asyncio event loop", ("asyncio/", "selectors.py")),
 ]
+
+
+def profile_in_background(pid: int, env_var: str, out: Path) -> Callable[[], list[tuple[str, float]] | None]:
+    """With ``<env_var>=N`` set, a py-spy profile of ``pid`` over the next N s, started now in a
+    thread; returns a function that waits for it and gives its 'where time goes' shares (None
+    when the variable is unset or py-spy could not run)."""
+    seconds = float(os.environ.get(env_var) or 0)
+    if not seconds:
+        return lambda: None
+    holder: dict[str, str | None] = {}
+    th = threading.Thread(target=lambda: holder.update(raw=profile_worker(pid, seconds, out)), daemon=True)
+    th.start()
+
+    def result() -> list[tuple[str, float]] | None:
+        th.join(seconds + 90)
+        raw = holder.get("raw")
+        return summarize_profile(raw) if raw else None
+
+    return result
+
+
+def profile_lines(profile: list[tuple[str, float]] | None, during: str) -> list[str]:
+    """The markdown sentence giving a profile's shares, or nothing without one."""
+    if not profile:
+        return []
+    shares = ", ".join(f"{name} {share:.0%}" for name, share in profile)
+    return [f"Where the worker's time went {during} (py-spy, on-CPU samples): {shares}.", ""]
 
 
 def summarize_profile(raw: str, top: int = 12) -> list[tuple[str, float]]:

@@ -41,7 +41,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,26 +288,6 @@ def _catch_up(p: Any, sampler: OffsetSampler, expected: int, timeout: float) -> 
         time.sleep(0.5)
 
 
-def _profile_catch_up(pid: int, tmp: Path) -> Callable[[], list[tuple[str, float]] | None]:
-    """With ``BENCH_PGBENCH_PROFILE_S=N``, a py-spy profile of the worker over the first N s
-    after the load (it works through its backlog flat out then, with the CPU to itself);
-    returns a function that waits for it and gives its 'where time goes' shares."""
-    seconds = float(os.environ.get("BENCH_PGBENCH_PROFILE_S") or 0)
-    if not seconds:
-        return lambda: None
-    holder: dict[str, str | None] = {}
-    th = threading.Thread(target=lambda: holder.update(raw=common.profile_worker(pid, seconds, tmp / "pgbench.pyspy")),
-                          daemon=True)
-    th.start()
-
-    def result() -> list[tuple[str, float]] | None:
-        th.join(seconds + 90)
-        raw = holder.get("raw")
-        return common.summarize_profile(raw) if raw else None
-
-    return result
-
-
 def _last_event_at(series: list[Sample]) -> float:
     final = series[-1].captured
     return next(x.t for x in series if x.captured == final)
@@ -365,7 +344,9 @@ def _run(size: str) -> dict[str, Any]:
             bench, pgbench_cpu = _pgbench(exe, p, seconds, accounts)
             t_end = time.monotonic()
             cpu.mark("load_end", pgbench=pgbench_cpu)
-            profiler = _profile_catch_up(p.worker.pid, p.tmp)
+            # BENCH_PGBENCH_PROFILE_S=N: the first N s after the load (it works through its backlog
+            # flat out then, with the CPU to itself).
+            profiler = common.profile_in_background(p.worker.pid, "BENCH_PGBENCH_PROFILE_S", p.tmp / "pgbench.pyspy")
             expected = rows + CHANGES_PER_TX * bench["transactions"]
             cu = _catch_up(p, sampler, expected, timeout=1800)
             cpu.mark("clean", pgbench=pgbench_cpu)
@@ -459,17 +440,10 @@ def _markdown(r: dict[str, Any]) -> str:
         "connector was created. The machine was shared with other engineers' test runs (see the load "
         "average), so the absolute numbers are from a loaded machine.",
         "",
-        *_profile_lines(r.get("catch_up_profile")),
+        *common.profile_lines(r.get("catch_up_profile"), "in the catch-up"),
         "![pgbench](img/bench-pgbench.png)",
         "",
     ])
-
-
-def _profile_lines(profile: list[tuple[str, float]] | None) -> list[str]:
-    if not profile:
-        return []
-    shares = ", ".join(f"{name} {share:.0%}" for name, share in profile)
-    return [f"Where the worker's time went in the catch-up (py-spy, on-CPU samples): {shares}.", ""]
 
 
 def _plot(r: dict[str, Any]) -> list[Path]:

@@ -29,7 +29,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -153,12 +152,8 @@ class Run:
         t0 = time.monotonic()
         apply(load_config(self.config), ConnectClient(), Resolver(), common.BOOTSTRAP, log_fn=lambda _m: None)
         # BENCH_SNAPSHOT_PROFILE_S=N: a py-spy profile of the worker's first N s of the snapshot.
-        profile_s = float(os.environ.get("BENCH_SNAPSHOT_PROFILE_S") or 0)
-        prof: dict[str, str | None] = {}
-        prof_th = threading.Thread(target=lambda: prof.update(raw=common.profile_worker(
-            worker.proc.pid if worker.proc else 0, profile_s, self.tmp / "snapshot.pyspy")), daemon=True)
-        if profile_s:
-            prof_th.start()
+        profiler = common.profile_in_background(worker.proc.pid, "BENCH_SNAPSHOT_PROFILE_S",
+                                                self.tmp / "snapshot.pyspy")
         dbz_first = dbz_done = es_first = es_done = None
         samples: list[tuple[float, int, int, float]] = []
         deadline = t0 + max(600.0, self.rows / 500)
@@ -192,12 +187,7 @@ class Run:
         pipe_span = max(es_done - dbz_first, 0.5)
         time.sleep(3)
         whole = es_done - t0
-        profile = None
-        if profile_s:
-            prof_th.join(profile_s + 90)
-            raw = prof.get("raw")
-            profile = common.summarize_profile(raw) if raw else None
-        return {"profile": profile, "rows": self.rows, "debezium_rows_per_s": round(self.rows / dbz_span),
+        return {"profile": profiler(), "rows": self.rows, "debezium_rows_per_s": round(self.rows / dbz_span),
                 "pipeline_rows_per_s": round(self.rows / pipe_span), "ratio": round(dbz_span / pipe_span, 3),
                 "pipeline_finished_after_debezium_s": round(es_done - dbz_done, 1),
                 "connector_to_first_record_s": round(dbz_first - t0, 1),
@@ -315,7 +305,7 @@ class SnapshotRecovery:
             f"| CPU (cores), connector created → all rows searchable | {_cores(s, 'cores_until_pipeline_done')} |",
             f"| load average (1, 5, 15 min) at start / end | {_load(r, 'loadavg_start')} / {_load(r, 'loadavg_end')} |",
             "",
-            *_profile_lines(s.get("profile")),
+            *common.profile_lines(s.get("profile"), "in the snapshot"),
             "![snapshot](img/bench-snapshot.png)",
             "",
             f"### Recovery after kill -9 ({r['rows']:,} rows of state; {r['changed_rows']} rows changed while down)",
@@ -355,13 +345,6 @@ class SnapshotRecovery:
         fig.savefig(out, dpi=90)
         plt.close(fig)
         return [out]
-
-
-def _profile_lines(profile: list[tuple[str, float]] | None) -> list[str]:
-    if not profile:
-        return []
-    shares = ", ".join(f"{name} {share:.0%}" for name, share in profile)
-    return [f"Where the worker's time went in the snapshot (py-spy, on-CPU samples): {shares}.", ""]
 
 
 def main() -> None:  # pragma: no cover - manual runs
