@@ -161,3 +161,27 @@ async def test_coalescing_keeps_a_newer_change_than_a_late_stale_one() -> None:
     assert stats["stale"] == 1 and stats.get("coalesced", 0) == 0
     assert h.es.writes == [("index", ALIAS, "1001")]
     assert h.es.live(ALIAS)["1001"]["email"] == "anne@example.org"
+
+
+async def test_coalesced_row_whose_newest_change_is_refused_keeps_its_document_from_before_the_batch() -> None:
+    # docs/architecture.md, "One write per row and batch": Elasticsearch refuses (HTTP 400) the
+    # newest change of a row; it is dead-lettered, its superseded predecessor is not written, and
+    # the row state stays as before the batch, so a fixed replay of the refused change applies.
+    from cdcstream.sinks.base import BulkResult, IndexOp
+
+    class Refusing(MemoryMirror):
+        async def apply(self, ops: list[IndexOp]) -> BulkResult:
+            refused = [op for op in ops
+                       if op.action == "index" and op.doc and op.doc.get("email") == "anne@example.org"]
+            res = await super().apply([op for op in ops if op not in refused])
+            res.failed += [(op, "mapper_parsing_exception") for op in refused]
+            return res
+
+    h = Harness()
+    h.es = h.proc.es = Refusing()
+    h.es.docs[(ALIAS, "1001")] = (1, {"id": 1001, "email": "before the batch"})
+    out = await h.run(events("02_insert_customer_00", "04_update_customer_00"))
+    assert [i for i, _ in out.dlq] == [1] and "refused" in out.dlq[0][1]
+    assert h.es.live(ALIAS)["1001"]["email"] == "before the batch"
+    assert "dbserver1/inventory/public/customers|1001" not in h.rows
+    assert out.stats[("dbserver1/inventory/public/customers", 0)]["coalesced"] == 1
